@@ -1,1 +1,30 @@
+//! edge: an HTTPS edge server whose headline is mutual TLS done right.
+//!
+//! The pipeline, from text to served bytes:
+//!
+//! ```text
+//! Edgefile (KDL 2.0)
+//!   -> config::parse      typed Model with source spans; every problem as FILE:LINE:COLUMN
+//!   -> compile::compile   immutable Snapshot: per-site rustls ServerConfig (client verifier
+//!                         with trust, CRLs and allow rules), SNI index per listener, route
+//!                         tables, handler chains built by the plugin registry
+//!   -> server             listeners: TCP (rustls Acceptor picks the site by SNI, then hyper
+//!                         h1/h2); every connection holds the Arc<Snapshot> it started with
+//!   -> http::handle       Host/SNI check (421), path normalisation, route, per-route
+//!                         client-auth (403), body limit (413), the handler chain
+//! ```
+//!
+//! Pure decisions (does this certificate satisfy this policy, which site does
+//! this name reach, which route does this path reach) live in [`policy`] and
+//! take plain data, so they are tested without sockets.
+#![forbid(unsafe_code)]
 
+pub mod cli;
+pub mod compile;
+pub mod config;
+pub mod http;
+pub mod plugins;
+pub mod policy;
+pub mod server;
+pub mod tls;
+pub mod util;

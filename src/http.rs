@@ -1,0 +1,179 @@
+//! One request, whatever the transport: Host/SNI check (421), header limits
+//! (431), path normalisation (400), route (404), the route's client-auth
+//! (403), body limit (413), then the route's handler chain.
+
+use crate::compile::{Site, Snapshot};
+use crate::config::Mode;
+use crate::policy::{self, host_of};
+use bytes::Bytes;
+use edge_plugin_api::{error_response, BodyTooLarge, BoxError, ClientIdentity, Next, Proto, RequestContext, Response};
+use http::{header, StatusCode};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+/// What a connection knows once its handshake is done.
+pub struct ConnInfo {
+    /// The snapshot the connection started with.
+    pub snap: Arc<Snapshot>,
+    /// The listener it arrived on (configured address).
+    pub listener: SocketAddr,
+    /// Index of its site in `snap.sites`.
+    pub site: usize,
+    /// The client's address.
+    pub remote: SocketAddr,
+    /// The local address.
+    pub local: SocketAddr,
+    /// `TLSv1.2` or `TLSv1.3`.
+    pub tls_version: &'static str,
+    /// The verified client certificate's identity.
+    pub client: Option<Arc<ClientIdentity>>,
+    /// The SNI the client sent.
+    pub sni: Option<String>,
+}
+
+impl ConnInfo {
+    fn site(&self) -> &Site {
+        &self.snap.sites[self.site]
+    }
+}
+
+/// Answers one request on a connection.
+pub async fn handle<B>(req: http::Request<B>, conn: &ConnInfo) -> Response
+where
+    B: HttpBody<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    let site = conn.site();
+    let proto = match req.version() {
+        http::Version::HTTP_10 | http::Version::HTTP_09 => Proto::Http10,
+        http::Version::HTTP_2 => Proto::H2,
+        http::Version::HTTP_3 => Proto::H3,
+        _ => Proto::Http11,
+    };
+
+    // Header limits: hyper bounds HTTP/1 by its buffer; this holds for every
+    // protocol and answers 431 rather than a reset.
+    let headers = req.headers();
+    if headers.len() > site.limits.max_headers {
+        return error_response(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "too many request headers");
+    }
+    let size: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if size as u64 > site.limits.max_header_size {
+        return error_response(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request headers too large");
+    }
+
+    // The site is the connection's; a Host or :authority naming another one
+    // is misdirected. Both are checked when both are present.
+    let listener = match conn.snap.listener(&conn.listener) {
+        Some(l) => l,
+        None => return error_response(StatusCode::MISDIRECTED_REQUEST, "misdirected request"),
+    };
+    let mut host: Option<String> = None;
+    let authorities = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .into_iter()
+        .chain(headers.get_all(header::HOST).iter().map(|v| v.to_str().unwrap_or("\u{0}")));
+    for a in authorities {
+        let h = host_of(a).to_ascii_lowercase();
+        if listener.index.lookup(&h) != Some(conn.site) {
+            return error_response(
+                StatusCode::MISDIRECTED_REQUEST,
+                &format!("misdirected request: {h} is not served on this connection"),
+            );
+        }
+        host.get_or_insert(h);
+    }
+    let host = match host {
+        Some(h) => h,
+        None if proto == Proto::Http10 => conn.sni.clone().unwrap_or_else(|| site.name.to_string()),
+        None => return error_response(StatusCode::BAD_REQUEST, "missing Host header"),
+    };
+
+    let path = match policy::normalise_path(req.uri().path()) {
+        Ok(p) => p,
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    let Some(route) = site.table.lookup(&path).map(|i| &site.routes[i]) else {
+        return error_response(StatusCode::NOT_FOUND, "not found");
+    };
+
+    if let Some(p) = &route.policy {
+        match conn.client.as_deref() {
+            None if p.mode == Mode::Require => {
+                return error_response(StatusCode::FORBIDDEN, "a client certificate is required for this path");
+            }
+            Some(id) if !policy::allowed(&p.allow, id) => {
+                return error_response(StatusCode::FORBIDDEN, "this client certificate is not allowed on this path");
+            }
+            _ => {}
+        }
+    }
+
+    if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
+        if len > route.max_body {
+            return error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+        }
+    }
+
+    let query = req.uri().query().map(str::to_string);
+    let method = req.method().clone();
+    let (parts, body) = req.into_parts();
+    let body = Limited { inner: body.map_err(Into::into).boxed(), left: route.max_body };
+    let req = http::Request::from_parts(parts, body.boxed());
+    let cx = RequestContext {
+        site: site.name.clone(),
+        host,
+        path,
+        query,
+        method,
+        proto,
+        tls_version: conn.tls_version,
+        remote: conn.remote,
+        local: conn.local,
+        client: conn.client.clone(),
+    };
+    Next::new(&route.chain).run(req, &cx).await
+}
+
+/// A body that fails with [`BodyTooLarge`] once more than `left` bytes came.
+struct Limited {
+    inner: edge_plugin_api::Body,
+    left: u64,
+}
+
+impl HttpBody for Limited {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    if n > this.left {
+                        this.left = 0;
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                    }
+                    this.left -= n;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

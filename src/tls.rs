@@ -1,0 +1,208 @@
+//! TLS material and the per-site client-certificate verifier.
+//!
+//! Each site gets its own `rustls::ServerConfig` whose verifier enforces the
+//! site's mode, trust anchors, CRLs and allow rules inside the handshake, so a
+//! refused client never reaches HTTP.
+
+use crate::config::{AllowRule, Mode};
+use crate::policy;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+use std::path::Path;
+use std::sync::Arc;
+
+/// The one crypto provider of edge (aws-lc-rs).
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {}", path.display(), crate::util::io_reason(&e)))
+}
+
+/// Every certificate of a PEM file, in order.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let bytes = read(path)?;
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&bytes).collect();
+    match certs {
+        Ok(c) if !c.is_empty() => {
+            for cert in &c {
+                x509_parser::parse_x509_certificate(cert)
+                    .map_err(|e| format!("{} holds a certificate that does not parse: {e}", path.display()))?;
+            }
+            Ok(c)
+        }
+        Ok(_) => Err(format!("{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)", path.display())),
+        Err(e) => Err(format!("{} is not valid PEM: {e}", path.display())),
+    }
+}
+
+/// The private key of a PEM file (PKCS#8, SEC1 or PKCS#1).
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    let bytes = read(path)?;
+    PrivateKeyDer::from_pem_slice(&bytes)
+        .map_err(|_| format!("{} holds no PEM private key (-----BEGIN PRIVATE KEY-----)", path.display()))
+}
+
+/// A CRL file, PEM or DER, checked to parse.
+pub fn load_crl(path: &Path) -> Result<CertificateRevocationListDer<'static>, String> {
+    let bytes = read(path)?;
+    let der = if bytes.starts_with(b"-----") || bytes.iter().take(64).all(|b| b.is_ascii()) {
+        CertificateRevocationListDer::from_pem_slice(&bytes)
+            .map_err(|_| format!("{} holds no PEM CRL (-----BEGIN X509 CRL-----)", path.display()))?
+    } else {
+        CertificateRevocationListDer::from(bytes)
+    };
+    x509_parser::parse_x509_crl(&der).map_err(|e| format!("{} is not a valid CRL: {e}", path.display()))?;
+    Ok(der)
+}
+
+/// The client verifier of one site: rustls' WebPKI verifier for the chain,
+/// validity and CRLs, then the site's allow rules on the leaf.
+#[derive(Debug)]
+pub struct SiteVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    allow: Arc<[AllowRule]>,
+    mandatory: bool,
+}
+
+impl SiteVerifier {
+    /// A verifier for `mode` (not `Off`) over `roots` and `crls`.
+    pub fn new(
+        mode: Mode,
+        roots: RootCertStore,
+        crls: Vec<CertificateRevocationListDer<'static>>,
+        allow: Vec<AllowRule>,
+    ) -> Result<Self, String> {
+        let mut b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .with_crls(crls)
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status();
+        if mode != Mode::Require {
+            b = b.allow_unauthenticated();
+        }
+        let inner = b.build().map_err(|e| format!("cannot build the client verifier: {e}"))?;
+        Ok(SiteVerifier { inner, allow: allow.into(), mandatory: mode == Mode::Require })
+    }
+}
+
+impl ClientCertVerifier for SiteVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        if !self.allow.is_empty() {
+            let id = policy::identity_from_der(end_entity)
+                .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+            if !policy::allowed(&self.allow, &id) {
+                return Err(rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure));
+            }
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// How a handshake ended, classified once, the same for every transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeResult {
+    /// Completed.
+    Ok,
+    /// The site requires a certificate and none was given.
+    NoCert,
+    /// The certificate does not chain to a trusted CA.
+    UnknownCa,
+    /// Expired or not yet valid.
+    Expired,
+    /// Revoked.
+    Revoked,
+    /// Valid, but no allow rule matches.
+    NotAllowed,
+    /// Malformed or otherwise unacceptable certificate.
+    BadCert,
+    /// No site for the SNI (or for the address, without SNI).
+    NoSite,
+    /// Anything else: protocol error, timeout, closed connection.
+    Error,
+}
+
+impl HandshakeResult {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandshakeResult::Ok => "ok",
+            HandshakeResult::NoCert => "no_cert",
+            HandshakeResult::UnknownCa => "unknown_ca",
+            HandshakeResult::Expired => "expired",
+            HandshakeResult::Revoked => "revoked",
+            HandshakeResult::NotAllowed => "not_allowed",
+            HandshakeResult::BadCert => "bad_cert",
+            HandshakeResult::NoSite => "no_site",
+            HandshakeResult::Error => "error",
+        }
+    }
+
+    /// Classifies a rustls error.
+    pub fn of(err: &rustls::Error) -> Self {
+        use rustls::Error as E;
+        match err {
+            E::NoCertificatesPresented => HandshakeResult::NoCert,
+            E::InvalidCertificate(c) => match c {
+                CertificateError::UnknownIssuer => HandshakeResult::UnknownCa,
+                CertificateError::Expired
+                | CertificateError::ExpiredContext { .. }
+                | CertificateError::NotValidYet
+                | CertificateError::NotValidYetContext { .. } => HandshakeResult::Expired,
+                CertificateError::Revoked => HandshakeResult::Revoked,
+                CertificateError::ApplicationVerificationFailure => HandshakeResult::NotAllowed,
+                _ => HandshakeResult::BadCert,
+            },
+            _ => HandshakeResult::Error,
+        }
+    }
+
+    /// Classifies an I/O error that wraps a rustls error.
+    pub fn of_io(err: &std::io::Error) -> Self {
+        err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()).map(Self::of).unwrap_or(HandshakeResult::Error)
+    }
+}
