@@ -90,8 +90,15 @@ pub struct Route {
 pub fn load(path: &Path, registry: &Registry) -> Result<Snapshot, Vec<Diagnostic>> {
     let source = Source::read(path).map_err(|d| vec![d])?;
     let names: Vec<&str> = registry.names().collect();
-    let model = config::parse(&source, &names)?;
-    compile(&model, &source, registry)
+    let (model, mut diags) = config::parse_partial(&source, &names)?;
+    match compile(&model, &source, registry) {
+        Ok(snap) if diags.is_empty() => Ok(snap),
+        Ok(_) => Err(diags),
+        Err(more) => {
+            diags.extend(more);
+            Err(diags)
+        }
+    }
 }
 
 /// Compiles a parsed Edgefile.

@@ -19,6 +19,10 @@ fn main() -> ExitCode {
             let registry = Arc::new(edge::plugins::registry());
             match runtime.block_on(edge::server::run(config, registry)) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(edge::server::RunError::Config(diags)) => {
+                    eprint!("{}", edge::config::render(&diags));
+                    ExitCode::from(1)
+                }
                 Err(e) => fail(&e.to_string()),
             }
         }

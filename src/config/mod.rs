@@ -4,11 +4,12 @@
 //! Parsing never stops at the first problem: every node is checked and every
 //! problem is collected, so one `edge validate` shows them all.
 
+mod layout;
 mod model;
 mod parse;
 
 pub use model::*;
-pub use parse::parse;
+pub use parse::{parse, parse_partial};
 
 use edge_plugin_api::Span;
 use std::fmt;
@@ -107,13 +108,8 @@ pub fn render(diags: &[Diagnostic]) -> String {
 
 /// `edge fmt`: the canonical form of an Edgefile (comments kept).
 pub fn format(source: &Source) -> Result<String, Vec<Diagnostic>> {
-    let mut doc = parse::parse_kdl(source)?;
-    doc.autoformat();
-    let mut out = doc.to_string();
-    if !out.ends_with('\n') {
-        out.push('\n');
-    }
-    Ok(out)
+    parse::parse_kdl(source)?;
+    Ok(layout::canonical(&source.text))
 }
 
 #[cfg(test)]

@@ -46,6 +46,18 @@ pub(crate) fn parse_kdl(source: &Source) -> Result<KdlDocument, Vec<Diagnostic>>
 /// plugin registry knows; they may stand in a `route` (or directly in a site,
 /// which makes an implicit `route "/*"`).
 pub fn parse(source: &Source, handlers: &[&str]) -> Result<Model, Vec<Diagnostic>> {
+    let (model, diags) = parse_partial(source, handlers)?;
+    if diags.is_empty() {
+        Ok(model)
+    } else {
+        Err(diags)
+    }
+}
+
+/// Like [`parse`], but past the KDL syntax it always answers a model (leaving
+/// out what was wrong) with the diagnostics, so that later stages can report
+/// their problems in the same pass.
+pub fn parse_partial(source: &Source, handlers: &[&str]) -> Result<(Model, Vec<Diagnostic>), Vec<Diagnostic>> {
     let doc = parse_kdl(source)?;
     let base_dir = match source.path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -53,11 +65,7 @@ pub fn parse(source: &Source, handlers: &[&str]) -> Result<Model, Vec<Diagnostic
     };
     let mut p = Parser { src: source, diags: Vec::new(), handlers, base_dir: base_dir.clone() };
     let model = p.document(&doc, base_dir);
-    if p.diags.is_empty() {
-        Ok(model)
-    } else {
-        Err(p.diags)
-    }
+    Ok((model, p.diags))
 }
 
 pub(crate) fn span(s: miette::SourceSpan) -> Span {
