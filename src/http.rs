@@ -2,10 +2,10 @@
 //! (431), path normalisation (400), route (404), the route's client-auth
 //! (403), body limit (413), then the route's handler chain.
 
-use crate::compile::{Site, Snapshot};
+use crate::compile::{Route, Site, Snapshot};
 use crate::config::Mode;
 use crate::policy::{self, host_of};
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use edge_plugin_api::{error_response, BodyTooLarge, BoxError, ClientIdentity, Next, Proto, RequestContext, Response};
 use http::{header, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -41,14 +41,54 @@ impl ConnInfo {
     }
 }
 
+/// Bodies up to this size are read and dropped before an early refusal, so
+/// that clients still uploading see the answer instead of a reset stream.
+const DRAIN_MAX: u64 = 1 << 20;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Answers one request on a connection.
 pub async fn handle<B>(req: http::Request<B>, conn: &ConnInfo) -> Response
 where
-    B: HttpBody<Data = Bytes> + Send + Sync + 'static,
+    B: HttpBody<Data = Bytes> + Send + Sync + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
+    let (parts, body) = req.into_parts();
+    match admit(&parts, conn) {
+        Ok((route, cx)) => {
+            let body = Limited { inner: body.map_err(Into::into).boxed(), left: route.max_body };
+            let req = http::Request::from_parts(parts, body.boxed());
+            Next::new(&route.chain).run(req, &cx).await
+        }
+        Err((status, reason)) => {
+            let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > 0 && n <= DRAIN_MAX) {
+                let _ = tokio::time::timeout(DRAIN_TIME, drain(body)).await;
+            }
+            error_response(status, &reason)
+        }
+    }
+}
+
+async fn drain<B: HttpBody + Unpin>(mut body: B) {
+    let mut seen = 0u64;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Some(d) = frame.data_ref() {
+            seen += d.remaining() as u64;
+            if seen > DRAIN_MAX {
+                return;
+            }
+        }
+    }
+}
+
+/// Every check before the handlers: the route and the context, or a refusal.
+fn admit<'c>(
+    req: &http::request::Parts,
+    conn: &'c ConnInfo,
+) -> Result<(&'c Route, RequestContext), (StatusCode, String)> {
+    let refuse = |status: StatusCode, reason: &str| Err((status, reason.to_string()));
     let site = conn.site();
-    let proto = match req.version() {
+    let proto = match req.version {
         http::Version::HTTP_10 | http::Version::HTTP_09 => Proto::Http10,
         http::Version::HTTP_2 => Proto::H2,
         http::Version::HTTP_3 => Proto::H3,
@@ -57,24 +97,24 @@ where
 
     // Header limits: hyper bounds HTTP/1 by its buffer; this holds for every
     // protocol and answers 431 rather than a reset.
-    let headers = req.headers();
+    let headers = &req.headers;
     if headers.len() > site.limits.max_headers {
-        return error_response(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "too many request headers");
+        return refuse(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "too many request headers");
     }
     let size: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
     if size as u64 > site.limits.max_header_size {
-        return error_response(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request headers too large");
+        return refuse(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request headers too large");
     }
 
     // The site is the connection's; a Host or :authority naming another one
     // is misdirected. Both are checked when both are present.
     let listener = match conn.snap.listener(&conn.listener) {
         Some(l) => l,
-        None => return error_response(StatusCode::MISDIRECTED_REQUEST, "misdirected request"),
+        None => return refuse(StatusCode::MISDIRECTED_REQUEST, "misdirected request"),
     };
     let mut host: Option<String> = None;
     let authorities = req
-        .uri()
+        .uri
         .authority()
         .map(|a| a.as_str())
         .into_iter()
@@ -82,7 +122,7 @@ where
     for a in authorities {
         let h = host_of(a).to_ascii_lowercase();
         if listener.index.lookup(&h) != Some(conn.site) {
-            return error_response(
+            return refuse(
                 StatusCode::MISDIRECTED_REQUEST,
                 &format!("misdirected request: {h} is not served on this connection"),
             );
@@ -92,24 +132,24 @@ where
     let host = match host {
         Some(h) => h,
         None if proto == Proto::Http10 => conn.sni.clone().unwrap_or_else(|| site.name.to_string()),
-        None => return error_response(StatusCode::BAD_REQUEST, "missing Host header"),
+        None => return refuse(StatusCode::BAD_REQUEST, "missing Host header"),
     };
 
-    let path = match policy::normalise_path(req.uri().path()) {
+    let path = match policy::normalise_path(req.uri.path()) {
         Ok(p) => p,
-        Err(e) => return error_response(StatusCode::BAD_REQUEST, &e.to_string()),
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, &e.to_string()),
     };
     let Some(route) = site.table.lookup(&path).map(|i| &site.routes[i]) else {
-        return error_response(StatusCode::NOT_FOUND, "not found");
+        return refuse(StatusCode::NOT_FOUND, "not found");
     };
 
     if let Some(p) = &route.policy {
         match conn.client.as_deref() {
             None if p.mode == Mode::Require => {
-                return error_response(StatusCode::FORBIDDEN, "a client certificate is required for this path");
+                return refuse(StatusCode::FORBIDDEN, "a client certificate is required for this path");
             }
             Some(id) if !policy::allowed(&p.allow, id) => {
-                return error_response(StatusCode::FORBIDDEN, "this client certificate is not allowed on this path");
+                return refuse(StatusCode::FORBIDDEN, "this client certificate is not allowed on this path");
             }
             _ => {}
         }
@@ -117,15 +157,12 @@ where
 
     if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
         if len > route.max_body {
-            return error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+            return refuse(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
         }
     }
 
-    let query = req.uri().query().map(str::to_string);
-    let method = req.method().clone();
-    let (parts, body) = req.into_parts();
-    let body = Limited { inner: body.map_err(Into::into).boxed(), left: route.max_body };
-    let req = http::Request::from_parts(parts, body.boxed());
+    let query = req.uri.query().map(str::to_string);
+    let method = req.method.clone();
     let cx = RequestContext {
         site: site.name.clone(),
         host,
@@ -138,7 +175,7 @@ where
         local: conn.local,
         client: conn.client.clone(),
     };
-    Next::new(&route.chain).run(req, &cx).await
+    Ok((route, cx))
 }
 
 /// A body that fails with [`BodyTooLarge`] once more than `left` bytes came.
