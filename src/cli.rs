@@ -30,6 +30,12 @@ pub enum Command {
         #[arg(long, short = 'c', default_value = "Edgefile")]
         config: PathBuf,
     },
+    /// Ask the running server (its admin API) to reload the Edgefile now.
+    Reload {
+        /// The Edgefile the server runs (its `admin` address is used).
+        #[arg(long, short = 'c', default_value = "Edgefile")]
+        config: PathBuf,
+    },
     /// Rewrite an Edgefile in canonical form (comments kept).
     Fmt {
         /// The Edgefile.

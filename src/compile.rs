@@ -8,6 +8,7 @@ use crate::config::{
     self, ClientAuthModel, Diagnostic, GlobalLimits, Mode, Model, Pattern, SiteLimits, SiteName, Source, TlsModel,
     TrustModel,
 };
+use crate::metrics::SiteMetrics;
 use crate::policy::{RouteTable, SiteIndex};
 use crate::tls::{self, SiteVerifier};
 use edge_plugin_api::{BuildContext, BuildError, Handler, Kind, Registry, Span};
@@ -15,7 +16,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::RootCertStore;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// A compiled Edgefile.
@@ -28,6 +29,11 @@ pub struct Snapshot {
     pub global: GlobalLimits,
     /// The admin API address, if on.
     pub admin: Option<SocketAddr>,
+    /// Every file the Edgefile names that a change to should reload (the
+    /// Edgefile itself, certificates, keys, CRLs, trust bundles).
+    pub watched: Vec<PathBuf>,
+    /// The model it was compiled from (for `GET /config`).
+    pub model: Model,
 }
 
 impl Snapshot {
@@ -45,6 +51,8 @@ pub struct ListenerSpec {
     pub http3: bool,
     /// Site indexes (into [`Snapshot::sites`]) by name.
     pub index: SiteIndex,
+    /// Line and column of its first `listen`, for diagnostics.
+    pub at: (usize, usize),
 }
 
 /// One compiled site.
@@ -63,6 +71,10 @@ pub struct Site {
     pub table: RouteTable,
     /// Limits.
     pub limits: SiteLimits,
+    /// Its metric series.
+    pub metrics: SiteMetrics,
+    /// Unix time its server certificate expires.
+    pub cert_not_after: i64,
 }
 
 /// A route's own, stricter client-auth, checked per request.
@@ -118,6 +130,7 @@ pub fn compile(model: &Model, source: &Source, registry: &Registry) -> Result<Sn
                 addr: l.addr.value,
                 http3: l.http3,
                 index: SiteIndex::default(),
+                at: source.line_col(l.addr.span.offset),
             });
             // One socket serves every site listening on it: HTTP/3 is off
             // only if every site says so.
@@ -127,8 +140,30 @@ pub fn compile(model: &Model, source: &Source, registry: &Registry) -> Result<Sn
             }
         }
     }
+    let mut watched = vec![model.path.clone()];
+    for site in &model.sites {
+        if let Some(TlsModel::Files { cert, key }) = &site.tls {
+            watched.push(cert.value.clone());
+            watched.push(key.value.clone());
+        }
+        for t in &site.client_auth.trust {
+            if let TrustModel::File(f) = t {
+                watched.push(f.value.clone());
+            }
+        }
+        watched.extend(site.client_auth.crls.iter().map(|c| c.value.clone()));
+    }
+    watched.sort();
+    watched.dedup();
     if c.diags.is_empty() {
-        Ok(Snapshot { sites, listeners, global: model.global.clone(), admin: model.admin })
+        Ok(Snapshot {
+            sites,
+            listeners,
+            global: model.global.clone(),
+            admin: model.admin,
+            watched,
+            model: model.clone(),
+        })
     } else {
         Err(c.diags)
     }
@@ -204,6 +239,9 @@ impl Compiler<'_> {
             return None;
         }
         let (certs, key) = certified?;
+        let cert_not_after = x509_parser::parse_x509_certificate(&certs[0])
+            .map(|(_, c)| c.validity().not_after.timestamp())
+            .unwrap_or(0);
         let verifier = verifier?;
         let cfg = rustls::ServerConfig::builder_with_provider(tls::provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -220,6 +258,8 @@ impl Compiler<'_> {
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let table = RouteTable::new(routes.iter().map(|r: &Route| &r.pattern));
         Some(Site {
+            metrics: SiteMetrics::new(&site.label()),
+            cert_not_after,
             name: Arc::from(site.label()),
             names: site.names.iter().map(|n| n.value.clone()).collect(),
             tls: Arc::new(cfg),

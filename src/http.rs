@@ -52,6 +52,22 @@ where
     B: HttpBody<Data = Bytes> + Send + Sync + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
+    let started = std::time::Instant::now();
+    let proto = match req.version() {
+        http::Version::HTTP_2 => 1,
+        http::Version::HTTP_3 => 2,
+        _ => 0,
+    };
+    let resp = answer(req, conn).await;
+    conn.site().metrics.request(proto, resp.status().as_u16(), started.elapsed().as_secs_f64());
+    resp
+}
+
+async fn answer<B>(req: http::Request<B>, conn: &ConnInfo) -> Response
+where
+    B: HttpBody<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     let (parts, body) = req.into_parts();
     match admit(&parts, conn) {
         Ok((route, cx)) => {

@@ -19,10 +19,12 @@
 //! take plain data, so they are tested without sockets.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod cli;
 pub mod compile;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod plugins;
 pub mod policy;
 pub mod server;

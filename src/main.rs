@@ -11,13 +11,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     match cli.command {
-        Command::Run { config, no_watch: _ } => {
+        Command::Run { config, no_watch } => {
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(r) => r,
                 Err(e) => return fail(&format!("cannot start the runtime: {e}")),
             };
             let registry = Arc::new(edge::plugins::registry());
-            match runtime.block_on(edge::server::run(config, registry)) {
+            match runtime.block_on(edge::server::run(edge::server::RunOptions { config, watch: !no_watch }, registry)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(edge::server::RunError::Config(diags)) => {
                     eprint!("{}", edge::config::render(&diags));
@@ -37,6 +37,18 @@ fn main() -> ExitCode {
             }
         },
         Command::Fmt { config, check } => fmt(&config, check),
+        Command::Reload { config } => match edge::admin::request_reload(&config) {
+            Ok(generation) => {
+                println!("reloaded: generation {generation}");
+                ExitCode::SUCCESS
+            }
+            Err(edge::admin::ReloadError::Refused(diags)) => {
+                eprintln!("{diags}");
+                eprintln!("edge: the reload was refused; the server keeps its previous config");
+                ExitCode::from(1)
+            }
+            Err(e) => fail(&e.to_string()),
+        },
     }
 }
 

@@ -7,12 +7,14 @@
 use crate::compile::{self, Snapshot};
 use crate::config::Diagnostic;
 use crate::http::{self, ConnInfo};
+use crate::metrics::{self, ConnectionGuard, Transport};
 use crate::policy;
 use crate::tls::HandshakeResult;
 use arc_swap::ArcSwap;
 use edge_plugin_api::Registry;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
@@ -48,44 +50,198 @@ pub enum RunError {
 }
 
 /// State shared by listeners and connections.
-struct Shared {
-    current: ArcSwap<Snapshot>,
+pub(crate) struct Shared {
+    pub(crate) current: ArcSwap<Snapshot>,
     conns: Arc<Semaphore>,
-    max_conns: u32,
+    max_conns: std::sync::atomic::AtomicU32,
     shutdown: watch::Receiver<bool>,
 }
 
-/// Runs the server on the Edgefile at `path` until SIGINT or SIGTERM.
-pub async fn run(path: PathBuf, registry: Arc<Registry>) -> Result<(), RunError> {
-    let snap = compile::load(&path, &registry).map_err(RunError::Config)?;
-    let max_conns = u32::try_from(snap.global.max_connections).unwrap_or(u32::MAX).min(Semaphore::MAX_PERMITS as u32);
-    let shutdown_timeout = snap.global.shutdown_timeout;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let shared = Arc::new(Shared {
-        current: ArcSwap::from_pointee(snap),
-        conns: Arc::new(Semaphore::new(max_conns as usize)),
-        max_conns,
-        shutdown: stop_rx,
-    });
+struct RunningListener {
+    bound: SocketAddr,
+    stop: watch::Sender<bool>,
+}
 
-    let snap = shared.current.load_full();
-    let mut bound = Vec::new();
-    for spec in snap.listeners.values() {
-        let listener = bind_tcp(spec.addr).await?;
-        let local = listener.local_addr().map_err(|e| RunError::Bind { addr: spec.addr, reason: e.to_string() })?;
-        info!(listen = %spec.addr, bound = %local, transport = "tcp", "listening");
-        bound.push((spec.addr, listener));
+/// The running server: its config, its listeners, and the one way to reload.
+pub struct Server {
+    path: PathBuf,
+    registry: Arc<Registry>,
+    pub(crate) shared: Arc<Shared>,
+    /// Running listeners by configured address; the lock also serialises reloads.
+    listeners: tokio::sync::Mutex<BTreeMap<SocketAddr, RunningListener>>,
+    generation: AtomicU64,
+    watched: watch::Sender<Vec<PathBuf>>,
+}
+
+impl Server {
+    /// The generation being served: 1 after start, +1 per successful reload.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
     }
-    for (key, listener) in bound {
-        tokio::spawn(accept_loop(listener, key, shared.clone()));
+
+    /// The snapshot new connections get.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.shared.current.load_full()
     }
-    info!(config = %path.display(), sites = snap.sites.len(), "edge is ready");
+
+    /// Bound addresses by configured address.
+    pub async fn bound(&self) -> Vec<(SocketAddr, SocketAddr)> {
+        self.listeners.lock().await.iter().map(|(k, v)| (*k, v.bound)).collect()
+    }
+
+    /// Loads the Edgefile again and, if it is valid and its new listeners
+    /// bind, swaps it in; otherwise logs every problem and keeps serving the
+    /// old config unchanged. SIGHUP, the file watch, `POST /reload` and
+    /// `edge reload` all come here.
+    pub async fn reload(&self, why: &str) -> Result<u64, Vec<Diagnostic>> {
+        let started = Instant::now();
+        let mut listeners = self.listeners.lock().await;
+        let m = metrics::global();
+        let result = self.apply(&mut listeners).await;
+        match &result {
+            Ok(generation) => {
+                m.reloads.with_label_values(&["success"]).inc();
+                info!(why, generation, took_ms = started.elapsed().as_millis() as u64, "config reloaded");
+            }
+            Err(diags) => {
+                m.reloads.with_label_values(&["failure"]).inc();
+                for d in diags {
+                    warn!("{d}");
+                }
+                warn!(why, problems = diags.len(), "reload failed; still serving the previous config");
+            }
+        }
+        result
+    }
+
+    async fn apply(&self, listeners: &mut BTreeMap<SocketAddr, RunningListener>) -> Result<u64, Vec<Diagnostic>> {
+        let snap = {
+            let path = self.path.clone();
+            let registry = self.registry.clone();
+            // Reading and compiling does file I/O and crypto: keep it off the
+            // threads that serve connections.
+            tokio::task::spawn_blocking(move || compile::load(&path, &registry))
+                .await
+                .map_err(|e| vec![self.diag(format!("the reload task failed: {e}"), (1, 1))])??
+        };
+        // Bind what is new before anything changes; a failure unbinds them again.
+        let mut fresh = Vec::new();
+        for spec in snap.listeners.values().filter(|s| !listeners.contains_key(&s.addr)) {
+            match bind_tcp(spec.addr).await {
+                Ok(l) => fresh.push((spec.addr, l)),
+                Err(e) => return Err(vec![self.diag(e.to_string(), spec.at)]),
+            }
+        }
+        let old_max = self.shared.max_conns.load(Ordering::Relaxed);
+        let new_max = conn_cap(&snap);
+        let removed: Vec<SocketAddr> = listeners.keys().filter(|k| !snap.listeners.contains_key(k)).copied().collect();
+        for addr in &removed {
+            if let Some(l) = listeners.remove(addr) {
+                let _ = l.stop.send(true);
+                info!(listen = %addr, bound = %l.bound, "listener removed; its open connections drain");
+            }
+        }
+        let m = metrics::global();
+        for site in &snap.sites {
+            m.server_cert_expiry.with_label_values(&[&site.name]).set(site.cert_not_after);
+        }
+        let _ = self.watched.send(snap.watched.clone());
+        self.shared.current.store(Arc::new(snap));
+        for (addr, listener) in fresh {
+            let bound = listener.local_addr().unwrap_or(addr);
+            info!(listen = %addr, bound = %bound, transport = "tcp", "listening");
+            let (stop, stop_rx) = watch::channel(false);
+            tokio::spawn(accept_loop(listener, addr, self.shared.clone(), stop_rx));
+            listeners.insert(addr, RunningListener { bound, stop });
+        }
+        if new_max > old_max {
+            self.shared.conns.add_permits((new_max - old_max) as usize);
+        } else if new_max < old_max {
+            // Permits held by open connections are taken back as they close.
+            let sem = self.shared.conns.clone();
+            let n = old_max - new_max;
+            tokio::spawn(async move {
+                if let Ok(p) = sem.acquire_many(n).await {
+                    p.forget();
+                }
+            });
+        }
+        self.shared.max_conns.store(new_max, Ordering::Relaxed);
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        m.generation.set(generation as i64);
+        m.last_reload.set(unix_now());
+        Ok(generation)
+    }
+
+    fn diag(&self, message: String, (line, column): (usize, usize)) -> Diagnostic {
+        Diagnostic { file: self.path.clone(), line, column, message, hint: None }
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn conn_cap(snap: &Snapshot) -> u32 {
+    u32::try_from(snap.global.max_connections).unwrap_or(u32::MAX).min(Semaphore::MAX_PERMITS as u32)
+}
+
+/// Options of `edge run`.
+pub struct RunOptions {
+    /// The Edgefile.
+    pub config: PathBuf,
+    /// Reload when the Edgefile or a file it names changes.
+    pub watch: bool,
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub async fn run(opts: RunOptions, registry: Arc<Registry>) -> Result<(), RunError> {
+    let path = std::path::absolute(&opts.config).unwrap_or(opts.config.clone());
+    let first = compile::load(&path, &registry).map_err(RunError::Config)?;
+    let shutdown_timeout = first.global.shutdown_timeout;
+    let admin_addr = first.admin;
+    let storage = first.model.storage.clone();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (watched_tx, watched_rx) = watch::channel(Vec::new());
+    let server = Arc::new(Server {
+        path: path.clone(),
+        registry,
+        shared: Arc::new(Shared {
+            current: ArcSwap::from_pointee(first),
+            conns: Arc::new(Semaphore::new(0)),
+            max_conns: std::sync::atomic::AtomicU32::new(0),
+            shutdown: stop_rx,
+        }),
+        listeners: tokio::sync::Mutex::new(BTreeMap::new()),
+        generation: AtomicU64::new(0),
+        watched: watched_tx,
+    });
+    // The first load goes through the same path as every reload.
+    if let Err(diags) = server.apply(&mut *server.listeners.lock().await).await {
+        return Err(RunError::Config(diags));
+    }
+    metrics::global().reloads.with_label_values(&["success"]).reset();
+    if let Some(addr) = admin_addr {
+        let listener = bind_tcp(addr).await?;
+        let bound = listener.local_addr().unwrap_or(addr);
+        info!(admin = %bound, "admin API listening");
+        if addr.port() == 0 {
+            crate::admin::record_address(&storage, bound);
+        }
+        tokio::spawn(crate::admin::serve(listener, server.clone()));
+    }
+    if opts.watch {
+        tokio::spawn(watch_files(server.clone(), watched_rx));
+    }
+    let snap = server.current();
+    info!(config = %path.display(), sites = snap.sites.len(), generation = server.generation(), "edge is ready");
     drop(snap);
 
-    wait_for_stop().await?;
+    wait_for_stop(&server).await?;
     info!("shutting down: no new connections; open ones get {:?} to finish", shutdown_timeout);
     let _ = stop_tx.send(true);
-    let all = shared.conns.acquire_many(shared.max_conns);
+    let max = server.shared.max_conns.load(Ordering::Relaxed);
+    let all = server.shared.conns.acquire_many(max);
     match tokio::time::timeout(shutdown_timeout, all).await {
         Ok(_) => info!("all connections closed"),
         Err(_) => warn!("shutdown timeout: closing the connections still open"),
@@ -93,15 +249,72 @@ pub async fn run(path: PathBuf, registry: Arc<Registry>) -> Result<(), RunError>
     Ok(())
 }
 
-async fn wait_for_stop() -> Result<(), RunError> {
+async fn wait_for_stop(server: &Server) -> Result<(), RunError> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(|e| RunError::Signals(e.to_string()))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| RunError::Signals(e.to_string()))?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
+    let sig = |k| signal(k).map_err(|e| RunError::Signals(e.to_string()));
+    let mut term = sig(SignalKind::terminate())?;
+    let mut int = sig(SignalKind::interrupt())?;
+    let mut hup = sig(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM received"); return Ok(()) }
+            _ = int.recv() => { info!("SIGINT received"); return Ok(()) }
+            _ = hup.recv() => { let _ = server.reload("SIGHUP").await; }
+        }
     }
-    Ok(())
+}
+
+/// Reloads when the Edgefile or a file it names changes, however the editor
+/// saves (in place, write-and-rename, delete-and-create): the folders are
+/// watched, events for the named files are debounced, then one reload runs.
+async fn watch_files(server: Arc<Server>, mut files: watch::Receiver<Vec<PathBuf>>) {
+    use notify::{RecursiveMode, Watcher};
+    use std::collections::HashSet;
+    const DEBOUNCE: Duration = Duration::from_millis(250);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<PathBuf>>();
+    let mut watcher = match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev {
+            if !ev.kind.is_access() {
+                let _ = tx.send(ev.paths);
+            }
+        }
+    }) {
+        Ok(w) => w,
+        Err(e) => {
+            warn!(error = %e, "cannot watch files; reload with SIGHUP or `edge reload`");
+            return;
+        }
+    };
+    let mut dirs: HashSet<PathBuf> = HashSet::new();
+    loop {
+        let wanted: Vec<PathBuf> = files.borrow_and_update().clone();
+        let names: HashSet<PathBuf> = wanted.iter().cloned().collect();
+        {
+            let want_dirs: HashSet<PathBuf> = wanted.iter().filter_map(|f| f.parent().map(PathBuf::from)).collect();
+            for d in dirs.difference(&want_dirs) {
+                let _ = watcher.unwatch(d);
+            }
+            for d in want_dirs.difference(&dirs) {
+                if let Err(e) = watcher.watch(d, RecursiveMode::NonRecursive) {
+                    warn!(dir = %d.display(), error = %e, "cannot watch folder");
+                }
+            }
+            dirs = want_dirs;
+        }
+        tokio::select! {
+            changed = files.changed() => if changed.is_err() { return },
+            ev = rx.recv() => {
+                let Some(paths) = ev else { return };
+                if !paths.iter().any(|p| names.contains(p)) {
+                    continue;
+                }
+                // Let the editor finish: wait until no event came for DEBOUNCE.
+                while let Ok(Some(_)) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
+                debug!("watched file changed");
+                let _ = server.reload("file change").await;
+            }
+        }
+    }
 }
 
 async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, RunError> {
@@ -113,12 +326,13 @@ async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, RunError> {
     sock.listen(1024).map_err(err)
 }
 
-async fn accept_loop(listener: TcpListener, key: SocketAddr, shared: Arc<Shared>) {
+async fn accept_loop(listener: TcpListener, key: SocketAddr, shared: Arc<Shared>, mut removed: watch::Receiver<bool>) {
     let mut stop = shared.shutdown.clone();
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = stop.changed() => return,
+            _ = removed.changed() => return,
         };
         let (stream, remote) = match accepted {
             Ok(x) => x,
@@ -165,9 +379,19 @@ async fn serve_tcp(stream: TcpStream, remote: SocketAddr, key: SocketAddr, share
             Err(e) => Err((HandshakeResult::of_io(&e), Some(site), e.to_string())),
         }
     };
+    let started = Instant::now();
+    let m = metrics::global();
+    let count = |site: Option<usize>, result: HandshakeResult| match site {
+        Some(i) => snap.sites[i].metrics.handshake(Transport::Tcp, result),
+        None => m.no_site(Transport::Tcp),
+    };
     let (site, sni, tls) = match tokio::time::timeout(snap.global.handshake_timeout, handshake).await {
         Ok(Ok(x)) => x,
         Ok(Err((result, site, reason))) => {
+            // A client that closes before saying anything is no handshake at all.
+            if site.is_some() || result == HandshakeResult::NoSite {
+                count(site, result);
+            }
             let site = site.map(|i| snap.sites[i].name.to_string()).unwrap_or_default();
             debug!(%remote, site, result = result.as_str(), reason, "handshake refused");
             return;
@@ -177,6 +401,8 @@ async fn serve_tcp(stream: TcpStream, remote: SocketAddr, key: SocketAddr, share
             return;
         }
     };
+    m.handshake_seconds.with_label_values(&["tcp"]).observe(started.elapsed().as_secs_f64());
+    count(Some(site), HandshakeResult::Ok);
 
     let (_, conn) = tls.get_ref();
     let tls_version = match conn.protocol_version() {
@@ -194,6 +420,7 @@ async fn serve_tcp(stream: TcpStream, remote: SocketAddr, key: SocketAddr, share
         None => None,
     };
     let limits = snap.sites[site].limits.clone();
+    let _open = ConnectionGuard::open(if conn.alpn_protocol() == Some(b"h2") { 1 } else { 0 });
     let info = Arc::new(ConnInfo { snap: snap.clone(), listener: key, site, remote, local, tls_version, client, sni });
     drop(snap);
 
