@@ -309,11 +309,17 @@ pub enum ReloadError {
 pub fn request_reload(config: &Path) -> Result<u64, ReloadError> {
     use std::io::{Read, Write};
     let source = config::Source::read(config).map_err(|d| ReloadError::Config(d.to_string()))?;
-    let model = match config::parse_partial(&source, &[]) {
-        Ok((m, _)) => m,
+    let (model, diags) = match config::parse_partial(&source, &[]) {
+        Ok(x) => x,
         Err(diags) => return Err(ReloadError::Config(config::render(&diags).trim_end().to_string())),
     };
-    let Some(mut addr) = model.admin else { return Err(ReloadError::Off(config.display().to_string())) };
+    let Some(mut addr) = model.admin else {
+        // A bad `admin` address also leaves it unset: say what is wrong.
+        return Err(match diags.iter().find(|d| d.message.starts_with("bad address")) {
+            Some(d) => ReloadError::Config(d.to_string()),
+            None => ReloadError::Off(config.display().to_string()),
+        });
+    };
     if addr.port() == 0 {
         let recorded = std::fs::read_to_string(model.storage.join(ADDR_FILE)).map_err(|e| {
             ReloadError::Config(format!(

@@ -195,6 +195,8 @@ pub struct Edge {
     log: Arc<(Mutex<String>, Condvar)>,
     /// Configured listen address -> bound address.
     pub bound: HashMap<String, SocketAddr>,
+    /// The admin API's bound address, if on.
+    pub admin: Option<SocketAddr>,
     pub config: PathBuf,
 }
 
@@ -207,8 +209,19 @@ impl Edge {
     }
 
     pub fn start_file(config: &Path) -> Edge {
+        Self::start_opts(config, false)
+    }
+
+    /// Starts edge watching its files (no `--no-watch`).
+    pub fn start_watching(dir: &Path, edgefile: &str) -> Edge {
+        let config = write(dir, "Edgefile", edgefile);
+        Self::start_opts(&config, true)
+    }
+
+    fn start_opts(config: &Path, watch: bool) -> Edge {
+        let args: &[&str] = if watch { &["run", "--config"] } else { &["run", "--no-watch", "--config"] };
         let mut child = Command::new(edge_bin())
-            .args(["run", "--no-watch", "--config"])
+            .args(args)
             .arg(config)
             .env("EDGE_LOG", "debug")
             .stdin(Stdio::null())
@@ -232,18 +245,41 @@ impl Edge {
             m.lock().unwrap().push_str("<<exit>>\n");
             cv.notify_all();
         });
-        let mut edge = Edge { child, log, bound: HashMap::new(), config: config.to_path_buf() };
+        let mut edge = Edge { child, log, bound: HashMap::new(), admin: None, config: config.to_path_buf() };
         edge.wait_log("edge is ready", Duration::from_secs(20));
-        let text = edge.log();
-        for line in text.lines().filter(|l| l.contains(" listening ")) {
+        edge.refresh_bound();
+        edge
+    }
+
+    /// Reads the bound addresses from the log again (after a reload).
+    pub fn refresh_bound(&mut self) {
+        let text = self.log();
+        self.bound.clear();
+        for line in text.lines().filter(|l| l.contains(" listening ") || l.contains("listener removed")) {
             let field = |name: &str| {
                 line.split_whitespace().find_map(|w| w.strip_prefix(name)).map(|v| v.trim_matches('"').to_string())
             };
+            if let Some(admin) = field("admin=") {
+                self.admin = Some(admin.parse().unwrap());
+            }
             if let (Some(listen), Some(bound)) = (field("listen="), field("bound=")) {
-                edge.bound.insert(listen, bound.parse().unwrap());
+                if line.contains("listener removed") {
+                    self.bound.remove(&listen);
+                } else {
+                    self.bound.insert(listen, bound.parse().unwrap());
+                }
             }
         }
-        edge
+    }
+
+    /// The admin API's address.
+    pub fn admin(&self) -> SocketAddr {
+        self.admin.expect("edge was started with an admin API")
+    }
+
+    /// A plain-HTTP request to the admin API: (status, body).
+    pub fn admin_request(&self, method: &str, path: &str) -> (u16, String) {
+        http_plain(self.admin(), method, path)
     }
 
     /// Starts edge expecting it to fail; returns its exit code and stderr.
@@ -397,6 +433,20 @@ fn parse_curl(out: Output) -> CurlOut {
         headers,
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// One plain HTTP/1.1 request (Connection: close): (status, body).
+pub fn http_plain(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let resp = String::from_utf8_lossy(&resp).into_owned();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    let status = head.split_whitespace().nth(1).unwrap_or("0").parse().unwrap_or(0);
+    (status, body.to_string())
 }
 
 /// Runs `edge` with `args`; returns (exit code, stdout, stderr).
