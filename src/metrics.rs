@@ -43,7 +43,8 @@ pub struct Metrics {
     pub pki_revoked: IntGaugeVec,
     /// `edge_pki_identity_cert_expiry_timestamp_seconds{ca,identity}`
     pub pki_identity_expiry: IntGaugeVec,
-    no_site: [IntCounter; 2],
+    /// `site=""` series by transport: no_site, then error.
+    unsited: [[IntCounter; 2]; 2],
     open_connections: [IntGauge; 3],
 }
 
@@ -214,10 +215,8 @@ impl Metrics {
         for r in ["success", "failure"] {
             reloads.with_label_values(&[r]).reset();
         }
-        let no_site = [
-            handshakes.with_label_values(&["", "tcp", "no_site"]),
-            handshakes.with_label_values(&["", "quic", "no_site"]),
-        ];
+        let unsited = [Transport::Tcp, Transport::Quic]
+            .map(|t| ["no_site", "error"].map(|r| handshakes.with_label_values(&["", t.as_str(), r])));
         Metrics {
             registry: r,
             handshakes,
@@ -233,14 +232,17 @@ impl Metrics {
             pki_rejected,
             pki_revoked,
             pki_identity_expiry,
-            no_site,
+            unsited,
             open_connections,
         }
     }
 
-    /// Counts a handshake that found no site.
-    pub fn no_site(&self, t: Transport) {
-        self.no_site[t as usize].inc();
+    /// Counts a handshake that ended before a site was chosen: `no_site`
+    /// when the name matched none, `error` for anything else (a ClientHello
+    /// that does not parse or offers nothing we speak).
+    pub fn unsited(&self, t: Transport, r: HandshakeResult) {
+        let i = usize::from(r != HandshakeResult::NoSite);
+        self.unsited[t as usize][i].inc();
     }
 
     /// The text exposition of every metric.

@@ -383,15 +383,12 @@ async fn serve_tcp(stream: TcpStream, remote: SocketAddr, key: SocketAddr, share
     let m = metrics::global();
     let count = |site: Option<usize>, result: HandshakeResult| match site {
         Some(i) => snap.sites[i].metrics.handshake(Transport::Tcp, result),
-        None => m.no_site(Transport::Tcp),
+        None => m.unsited(Transport::Tcp, result),
     };
     let (site, sni, tls) = match tokio::time::timeout(snap.global.handshake_timeout, handshake).await {
         Ok(Ok(x)) => x,
         Ok(Err((result, site, reason))) => {
-            // A client that closes before saying anything is no handshake at all.
-            if site.is_some() || result == HandshakeResult::NoSite {
-                count(site, result);
-            }
+            count(site, result);
             let site = site.map(|i| snap.sites[i].name.to_string()).unwrap_or_default();
             debug!(%remote, site, result = result.as_str(), reason, "handshake refused");
             return;
