@@ -61,8 +61,10 @@ pub struct Site {
     pub name: Arc<str>,
     /// Every name.
     pub names: Vec<SiteName>,
-    /// Its TLS configuration, client verifier included.
+    /// Its TLS configuration for TCP, client verifier included.
     pub tls: Arc<rustls::ServerConfig>,
+    /// The same for QUIC: TLS 1.3 only, ALPN h3.
+    pub quic_tls: Arc<rustls::ServerConfig>,
     /// Its client-auth mode.
     pub mode: Mode,
     /// Routes, and the table that finds them.
@@ -243,26 +245,35 @@ impl Compiler<'_> {
             .map(|(_, c)| c.validity().not_after.timestamp())
             .unwrap_or(0);
         let verifier = verifier?;
-        let cfg = rustls::ServerConfig::builder_with_provider(tls::provider())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| self.err(site.span, format!("TLS setup failed: {e}"), None))
-            .ok()?;
-        let cfg = match verifier {
-            Some(v) => cfg.with_client_cert_verifier(v),
-            None => cfg.with_no_client_auth(),
+        // One rustls config for TCP (TLS 1.2 and 1.3, h2 and http/1.1) and
+        // one for QUIC (TLS 1.3, h3), sharing the certificate and verifier.
+        let build = |versions: &[&'static rustls::SupportedProtocolVersion], alpn: &[&[u8]]| {
+            let b = rustls::ServerConfig::builder_with_provider(tls::provider()).with_protocol_versions(versions)?;
+            let b = match &verifier {
+                Some(v) => b.with_client_cert_verifier(v.clone()),
+                None => b.with_no_client_auth(),
+            };
+            let mut cfg = b.with_single_cert(certs.clone(), key.clone_key())?;
+            cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            Ok::<_, rustls::Error>(Arc::new(cfg))
         };
-        let mut cfg = cfg
-            .with_single_cert(certs, key)
-            .map_err(|e| self.err(site.span, format!("TLS setup failed: {e}"), None))
-            .ok()?;
-        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let tcp = build(&[&rustls::version::TLS13, &rustls::version::TLS12], &[b"h2", b"http/1.1"]);
+        let quic = build(&[&rustls::version::TLS13], &[b"h3"]);
+        let (cfg, quic_tls) = match (tcp, quic) {
+            (Ok(t), Ok(q)) => (t, q),
+            (Err(e), _) | (_, Err(e)) => {
+                self.err(site.span, format!("TLS setup failed: {e}"), None);
+                return None;
+            }
+        };
         let table = RouteTable::new(routes.iter().map(|r: &Route| &r.pattern));
         Some(Site {
             metrics: SiteMetrics::new(&site.label()),
             cert_not_after,
             name: Arc::from(site.label()),
             names: site.names.iter().map(|n| n.value.clone()).collect(),
-            tls: Arc::new(cfg),
+            tls: cfg,
+            quic_tls,
             mode: site.client_auth.mode.value,
             routes,
             table,

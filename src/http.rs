@@ -33,6 +33,8 @@ pub struct ConnInfo {
     pub client: Option<Arc<ClientIdentity>>,
     /// The SNI the client sent.
     pub sni: Option<String>,
+    /// `Alt-Svc` for HTTP/1.1 and HTTP/2 answers when the address serves HTTP/3.
+    pub alt_svc: Option<http::HeaderValue>,
 }
 
 impl ConnInfo {
@@ -58,7 +60,10 @@ where
         http::Version::HTTP_3 => 2,
         _ => 0,
     };
-    let resp = answer(req, conn).await;
+    let mut resp = answer(req, conn).await;
+    if let Some(v) = &conn.alt_svc {
+        resp.headers_mut().insert(header::ALT_SVC, v.clone());
+    }
     conn.site().metrics.request(proto, resp.status().as_u16(), started.elapsed().as_secs_f64());
     resp
 }

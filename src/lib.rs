@@ -23,6 +23,7 @@ pub mod admin;
 pub mod cli;
 pub mod compile;
 pub mod config;
+pub mod h3;
 pub mod http;
 pub mod metrics;
 pub mod plugins;

@@ -418,7 +418,8 @@ async fn serve_tcp(stream: TcpStream, remote: SocketAddr, key: SocketAddr, share
     };
     let limits = snap.sites[site].limits.clone();
     let _open = ConnectionGuard::open(if conn.alpn_protocol() == Some(b"h2") { 1 } else { 0 });
-    let info = Arc::new(ConnInfo { snap: snap.clone(), listener: key, site, remote, local, tls_version, client, sni });
+    let info =
+        Arc::new(ConnInfo { snap: snap.clone(), listener: key, site, remote, local, tls_version, client, sni, alt_svc: None });
     drop(snap);
 
     let activity = Arc::new(AtomicU64::new(0));

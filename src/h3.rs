@@ -1,0 +1,198 @@
+//! HTTP/3: an established QUIC connection (its site already chosen by SNI and
+//! its client certificate already verified inside the handshake, see
+//! [`crate::quic`]), the h3 request loop, and bodies bridged to the same
+//! router as HTTP/1.1 and HTTP/2 ([`crate::http::handle`]).
+
+use crate::compile::Snapshot;
+use crate::config::Mode;
+use crate::http::{self as edge_http, ConnInfo};
+use crate::metrics::ConnectionGuard;
+use crate::policy;
+use bytes::{Buf, Bytes};
+use edge_plugin_api::BoxError;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use rustls::pki_types::CertificateDer;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::sync::{mpsc, watch};
+use tracing::debug;
+
+/// Serves HTTP/3 on an established connection until it closes (or, on
+/// shutdown, until its requests are done).
+pub(crate) async fn serve_connection(
+    conn: quinn::Connection,
+    snap: Arc<Snapshot>,
+    listener: SocketAddr,
+    local: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) {
+    let remote = conn.remote_address();
+    let Some(spec) = snap.listener(&listener) else {
+        conn.close(0u32.into(), b"listener removed");
+        return;
+    };
+    let sni = conn
+        .handshake_data()
+        .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|h| h.server_name);
+    let site = match &sni {
+        Some(name) => spec.index.lookup(name),
+        None => spec.index.lookup_ip(local.ip()),
+    };
+    let Some(site) = site else {
+        // The handshake chose a site of an older config that is gone now.
+        conn.close(0u32.into(), b"no site");
+        return;
+    };
+    let client = match conn
+        .peer_identity()
+        .and_then(|p| p.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .and_then(|chain| chain.first().map(|leaf| policy::identity_from_der(leaf)))
+    {
+        Some(Ok(id)) => Some(Arc::new(id)),
+        Some(Err(e)) => {
+            debug!(%remote, error = %e, "client certificate unreadable");
+            conn.close(0u32.into(), b"bad certificate");
+            return;
+        }
+        None => None,
+    };
+    // The handshake ran under the config current then; should a reload have
+    // tightened the site since, the stricter rule holds.
+    if snap.sites[site].mode == Mode::Require && client.is_none() {
+        conn.close(0u32.into(), b"client certificate required");
+        return;
+    }
+    let max_headers = snap.sites[site].limits.max_header_size;
+    let info = Arc::new(ConnInfo {
+        snap: snap.clone(),
+        listener,
+        site,
+        remote,
+        local,
+        tls_version: "TLSv1.3",
+        client,
+        sni,
+        alt_svc: None,
+    });
+    drop(snap);
+    let _open = ConnectionGuard::open(2);
+    let mut h3 = match h3::server::builder()
+        .max_field_section_size(max_headers)
+        .build::<_, Bytes>(h3_quinn::Connection::new(conn))
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            debug!(%remote, error = %e, "h3 connection setup failed");
+            return;
+        }
+    };
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            accepted = h3.accept() => match accepted {
+                Ok(Some(resolver)) => {
+                    let info = info.clone();
+                    tokio::spawn(async move {
+                        match resolver.resolve_request().await {
+                            Ok((req, stream)) => serve_request(req, stream, &info).await,
+                            Err(e) => debug!(error = %e, "h3 request unreadable"),
+                        }
+                    });
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    if !e.is_h3_no_error() {
+                        debug!(%remote, error = %e, "h3 connection ended with an error");
+                    }
+                    return;
+                }
+            },
+            _ = stop.changed(), if !closing => {
+                closing = true;
+                // GOAWAY: requests already accepted finish, no new ones.
+                let _ = h3.shutdown(0).await;
+            }
+        }
+    }
+}
+
+type Stream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+
+async fn serve_request(req: http::Request<()>, stream: Stream, info: &ConnInfo) {
+    let (mut send, mut recv) = stream.split();
+    // The request body flows through a small channel: backpressure, and a
+    // body type that is Send + Sync like the TCP one.
+    let (tx, rx) = mpsc::channel::<Result<Bytes, BoxError>>(4);
+    let reader = tokio::spawn(async move {
+        loop {
+            match recv.recv_data().await {
+                Ok(Some(mut buf)) => {
+                    let bytes = buf.copy_to_bytes(buf.remaining());
+                    if tx.send(Ok(bytes)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    let _ = tx.send(Err(Box::new(e))).await;
+                    return;
+                }
+            }
+        }
+    });
+    let req = req.map(|()| ChannelBody { rx });
+    let resp = edge_http::handle(req, info).await;
+    let (parts, mut body) = resp.into_parts();
+    if let Err(e) = send.send_response(http::Response::from_parts(parts, ())).await {
+        debug!(error = %e, "h3 response headers not sent");
+        reader.abort();
+        return;
+    }
+    while let Some(frame) = body.frame().await {
+        let sent = match frame {
+            Ok(f) => match f.into_data() {
+                Ok(data) => send.send_data(data).await,
+                Err(f) => match f.into_trailers() {
+                    Ok(t) => send.send_trailers(t).await,
+                    Err(_) => Ok(()),
+                },
+            },
+            Err(e) => {
+                debug!(error = %e, "response body failed; resetting the stream");
+                send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+                reader.abort();
+                return;
+            }
+        };
+        if let Err(e) = sent {
+            debug!(error = %e, "h3 response body not sent");
+            reader.abort();
+            return;
+        }
+    }
+    let _ = send.finish().await;
+    reader.abort();
+}
+
+/// A request body fed by the task that reads the QUIC stream.
+struct ChannelBody {
+    rx: mpsc::Receiver<Result<Bytes, BoxError>>,
+}
+
+impl HttpBody for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
