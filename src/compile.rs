@@ -55,6 +55,8 @@ pub struct Site {
     pub names: Vec<SiteName>,
     /// Its TLS configuration, client verifier included.
     pub tls: Arc<rustls::ServerConfig>,
+    /// The same for QUIC (HTTP/3): see [`crate::quic::quic_config`].
+    pub quic_tls: Arc<rustls::ServerConfig>,
     /// Its client-auth mode.
     pub mode: Mode,
     /// Routes, and the table that finds them.
@@ -222,6 +224,7 @@ impl Compiler<'_> {
         Some(Site {
             name: Arc::from(site.label()),
             names: site.names.iter().map(|n| n.value.clone()).collect(),
+            quic_tls: crate::quic::quic_config(&cfg),
             tls: Arc::new(cfg),
             mode: site.client_auth.mode.value,
             routes,
