@@ -12,7 +12,6 @@ use bytes::{Buf, Bytes};
 use edge_plugin_api::BoxError;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
-use rustls::pki_types::CertificateDer;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -25,6 +24,7 @@ use tracing::debug;
 pub(crate) async fn serve_connection(
     conn: quinn::Connection,
     snap: Arc<Snapshot>,
+    handshake: Option<crate::quic::HandshakeInfo>,
     listener: SocketAddr,
     local: SocketAddr,
     mut stop: watch::Receiver<bool>,
@@ -34,22 +34,22 @@ pub(crate) async fn serve_connection(
         conn.close(0u32.into(), b"listener removed");
         return;
     };
-    let sni = conn
-        .handshake_data()
-        .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
-        .and_then(|h| h.server_name);
-    let site = match &sni {
-        Some(name) => spec.index.lookup(name),
-        None => spec.index.lookup_ip(local.ip()),
-    };
+    let sni = handshake.as_ref().and_then(|h| h.server_name.clone());
+    // The site whose config ran the handshake; after a reload in between,
+    // the site of the same name in the current config.
+    let site = handshake
+        .as_ref()
+        .and_then(|h| snap.sites.iter().position(|s| Arc::ptr_eq(&s.quic_tls, &h.config)))
+        .or_else(|| match &sni {
+            Some(name) => spec.index.lookup(name),
+            None => spec.index.lookup_ip(local.ip()),
+        });
     let Some(site) = site else {
         // The handshake chose a site of an older config that is gone now.
         conn.close(0u32.into(), b"no site");
         return;
     };
-    let client = match conn
-        .peer_identity()
-        .and_then(|p| p.downcast::<Vec<CertificateDer<'static>>>().ok())
+    let client = match crate::quic::peer_certificates(&conn)
         .and_then(|chain| chain.first().map(|leaf| policy::identity_from_der(leaf)))
     {
         Some(Ok(id)) => Some(Arc::new(id)),

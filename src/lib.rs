@@ -10,6 +10,8 @@
 //!                         tables, handler chains built by the plugin registry
 //!   -> server             listeners: TCP (rustls Acceptor picks the site by SNI, then hyper
 //!                         h1/h2); every connection holds the Arc<Snapshot> it started with
+//!   -> quic               QUIC crypto that picks the site's rustls config by the ClientHello's
+//!                         SNI, so per-site client auth refuses inside the QUIC handshake too
 //!   -> http::handle       Host/SNI check (421), path normalisation, route, per-route
 //!                         client-auth (403), body limit (413), the handler chain
 //! ```
@@ -28,6 +30,7 @@ pub mod http;
 pub mod metrics;
 pub mod plugins;
 pub mod policy;
+pub mod quic;
 pub mod server;
 pub mod tls;
 pub mod util;

@@ -60,6 +60,10 @@ pub(crate) struct Shared {
 struct RunningListener {
     bound: SocketAddr,
     stop: watch::Sender<bool>,
+    /// The HTTP/3 endpoint on the same address and port, if on.
+    quic: Option<quinn::Endpoint>,
+    /// `Alt-Svc` for this address's h1/h2 answers, while `quic` is on.
+    alt_svc: Arc<ArcSwap<Option<::http::HeaderValue>>>,
 }
 
 /// The running server: its config, its listeners, and the one way to reload.
@@ -124,12 +128,27 @@ impl Server {
                 .await
                 .map_err(|e| vec![self.diag(format!("the reload task failed: {e}"), (1, 1))])??
         };
-        // Bind what is new before anything changes; a failure unbinds them again.
+        // Bind what is new before anything changes; on a failure, what was
+        // bound here is dropped (unbound) again.
         let mut fresh = Vec::new();
         for spec in snap.listeners.values().filter(|s| !listeners.contains_key(&s.addr)) {
-            match bind_tcp(spec.addr).await {
-                Ok(l) => fresh.push((spec.addr, l)),
+            match bind_pair(spec.addr, spec.http3).await {
+                Ok(pair) => fresh.push((spec.addr, pair)),
                 Err(e) => return Err(vec![self.diag(e.to_string(), spec.at)]),
+            }
+        }
+        // HTTP/3 turned on or off on a listener that stays.
+        let mut udp_on = Vec::new();
+        for (addr, l) in listeners.iter() {
+            let Some(spec) = snap.listeners.get(addr) else { continue };
+            if spec.http3 && l.quic.is_none() {
+                match std::net::UdpSocket::bind(l.bound) {
+                    Ok(u) => udp_on.push((*addr, u)),
+                    Err(e) => {
+                        let reason = format!("cannot listen on {} (udp): {}", l.bound, crate::util::io_reason(&e));
+                        return Err(vec![self.diag(reason, spec.at)]);
+                    }
+                }
             }
         }
         let old_max = self.shared.max_conns.load(Ordering::Relaxed);
@@ -138,7 +157,20 @@ impl Server {
         for addr in &removed {
             if let Some(l) = listeners.remove(addr) {
                 let _ = l.stop.send(true);
+                if let Some(q) = &l.quic {
+                    // Refuse new QUIC connections; open ones drain.
+                    q.set_server_config(None);
+                }
                 info!(listen = %addr, bound = %l.bound, "listener removed; its open connections drain");
+            }
+        }
+        for (addr, l) in listeners.iter_mut() {
+            if snap.listeners.get(addr).is_some_and(|s| !s.http3) {
+                if let Some(q) = l.quic.take() {
+                    q.set_server_config(None);
+                    l.alt_svc.store(Arc::new(None));
+                    info!(listen = %addr, "HTTP/3 turned off");
+                }
             }
         }
         let m = metrics::global();
@@ -147,12 +179,23 @@ impl Server {
         }
         let _ = self.watched.send(snap.watched.clone());
         self.shared.current.store(Arc::new(snap));
-        for (addr, listener) in fresh {
+        for (addr, (listener, udp)) in fresh {
             let bound = listener.local_addr().unwrap_or(addr);
             info!(listen = %addr, bound = %bound, transport = "tcp", "listening");
             let (stop, stop_rx) = watch::channel(false);
-            tokio::spawn(accept_loop(listener, addr, self.shared.clone(), stop_rx));
-            listeners.insert(addr, RunningListener { bound, stop });
+            let alt_svc = Arc::new(ArcSwap::from_pointee(None));
+            tokio::spawn(accept_loop(listener, addr, self.shared.clone(), stop_rx.clone(), alt_svc.clone()));
+            let mut running = RunningListener { bound, stop, quic: None, alt_svc };
+            if let Some(udp) = udp {
+                self.start_quic(addr, &mut running, udp, stop_rx);
+            }
+            listeners.insert(addr, running);
+        }
+        for (addr, udp) in udp_on {
+            if let Some(l) = listeners.get_mut(&addr) {
+                let rx = l.stop.subscribe();
+                self.start_quic(addr, l, udp, rx);
+            }
         }
         if new_max > old_max {
             self.shared.conns.add_permits((new_max - old_max) as usize);
@@ -171,6 +214,34 @@ impl Server {
         m.generation.set(generation as i64);
         m.last_reload.set(unix_now());
         Ok(generation)
+    }
+
+    /// Starts HTTP/3 on `udp` (bound to the listener's address and port).
+    fn start_quic(
+        &self,
+        key: SocketAddr,
+        l: &mut RunningListener,
+        udp: std::net::UdpSocket,
+        stop: watch::Receiver<bool>,
+    ) {
+        let selector = Arc::new(EndpointSites { shared: self.shared.clone(), key, local: l.bound.ip() });
+        let config = crate::quic::server_config(selector);
+        let endpoint = match quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(config),
+            udp,
+            Arc::new(quinn::TokioRuntime),
+        ) {
+            Ok(e) => e,
+            Err(e) => {
+                warn!(listen = %key, error = %e, "cannot start HTTP/3; serving HTTP/1.1 and HTTP/2 only");
+                return;
+            }
+        };
+        info!(listen = %key, bound = %l.bound, transport = "udp", "HTTP/3 listening");
+        l.alt_svc.store(Arc::new(::http::HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", l.bound.port())).ok()));
+        tokio::spawn(quic_accept_loop(endpoint.clone(), key, self.shared.clone(), stop));
+        l.quic = Some(endpoint);
     }
 
     fn diag(&self, message: String, (line, column): (usize, usize)) -> Diagnostic {
@@ -317,6 +388,106 @@ async fn watch_files(server: Arc<Server>, mut files: watch::Receiver<Vec<PathBuf
     }
 }
 
+/// Binds TCP and, for HTTP/3, UDP on the same address and port (with port
+/// 0, on a port free for both).
+async fn bind_pair(addr: SocketAddr, http3: bool) -> Result<(TcpListener, Option<std::net::UdpSocket>), RunError> {
+    let mut attempts = 0;
+    loop {
+        let tcp = bind_tcp(addr).await?;
+        if !http3 {
+            return Ok((tcp, None));
+        }
+        let bound = tcp.local_addr().map_err(|e| RunError::Bind { addr, reason: e.to_string() })?;
+        match std::net::UdpSocket::bind(bound) {
+            Ok(udp) => return Ok((tcp, Some(udp))),
+            Err(_) if addr.port() == 0 && attempts < 16 => attempts += 1,
+            Err(e) => return Err(RunError::Bind { addr, reason: format!("udp: {}", crate::util::io_reason(&e)) }),
+        }
+    }
+}
+
+/// Chooses the site of a QUIC handshake from the current snapshot, and counts
+/// the refusals.
+struct EndpointSites {
+    shared: Arc<Shared>,
+    key: SocketAddr,
+    local: std::net::IpAddr,
+}
+
+impl crate::quic::SiteSelector for EndpointSites {
+    fn select(&self, sni: Option<&str>) -> Option<Arc<rustls::ServerConfig>> {
+        let snap = self.shared.current.load();
+        let spec = snap.listener(&self.key)?;
+        let site = match sni {
+            Some(name) => spec.index.lookup(name),
+            None => spec.index.lookup_ip(self.local),
+        }?;
+        Some(snap.sites[site].quic_tls.clone())
+    }
+
+    fn refused(&self, config: Option<&Arc<rustls::ServerConfig>>, class: HandshakeResult) {
+        let snap = self.shared.current.load();
+        match config.and_then(|c| snap.sites.iter().find(|s| Arc::ptr_eq(&s.quic_tls, c))) {
+            Some(site) => site.metrics.handshake(Transport::Quic, class),
+            None => metrics::global().unsited(Transport::Quic, class),
+        }
+        debug!(result = class.as_str(), transport = "quic", "handshake refused");
+    }
+}
+
+async fn quic_accept_loop(
+    endpoint: quinn::Endpoint,
+    key: SocketAddr,
+    shared: Arc<Shared>,
+    mut removed: watch::Receiver<bool>,
+) {
+    let mut stop = shared.shutdown.clone();
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => match i { Some(i) => i, None => return },
+            _ = stop.changed() => { endpoint.set_server_config(None); return }
+            _ = removed.changed() => return,
+        };
+        let Ok(permit) = shared.conns.clone().try_acquire_owned() else {
+            incoming.refuse();
+            continue;
+        };
+        let shared = shared.clone();
+        let stop = shared.shutdown.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => {
+                    let snap = shared.current.load_full();
+                    let info = crate::quic::handshake_info(&conn);
+                    let site =
+                        info.as_ref().and_then(|i| snap.sites.iter().find(|s| Arc::ptr_eq(&s.quic_tls, &i.config)));
+                    if let Some(site) = site {
+                        site.metrics.handshake(Transport::Quic, HandshakeResult::Ok);
+                    }
+                    metrics::global()
+                        .handshake_seconds
+                        .with_label_values(&["quic"])
+                        .observe(started.elapsed().as_secs_f64());
+                    let local = SocketAddr::new(conn.local_ip().unwrap_or(key.ip()), key.port());
+                    crate::h3::serve_connection(conn, snap, info, key, local, stop).await;
+                }
+                Err(e) => {
+                    // Refusals by this endpoint were counted when they happened;
+                    // anything else (the client gave up, timed out) is an error
+                    // before a site could be told.
+                    if crate::quic::classify(&e) == HandshakeResult::Error && !crate::quic::is_local_refusal(&e) {
+                        metrics::global().unsited(Transport::Quic, HandshakeResult::Error);
+                    }
+                    debug!(%remote, error = %e, "QUIC handshake failed");
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
 async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, RunError> {
     let err = |e: io::Error| RunError::Bind { addr, reason: crate::util::io_reason(&e) };
     let sock =
@@ -326,7 +497,13 @@ async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, RunError> {
     sock.listen(1024).map_err(err)
 }
 
-async fn accept_loop(listener: TcpListener, key: SocketAddr, shared: Arc<Shared>, mut removed: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    key: SocketAddr,
+    shared: Arc<Shared>,
+    mut removed: watch::Receiver<bool>,
+    alt_svc: Arc<ArcSwap<Option<::http::HeaderValue>>>,
+) {
     let mut stop = shared.shutdown.clone();
     loop {
         let accepted = tokio::select! {
@@ -348,14 +525,21 @@ async fn accept_loop(listener: TcpListener, key: SocketAddr, shared: Arc<Shared>
             continue;
         };
         let shared = shared.clone();
+        let alt_svc = Option::clone(&alt_svc.load());
         tokio::spawn(async move {
-            serve_tcp(stream, remote, key, &shared).await;
+            serve_tcp(stream, remote, key, &shared, alt_svc).await;
             drop(permit);
         });
     }
 }
 
-async fn serve_tcp(stream: TcpStream, remote: SocketAddr, key: SocketAddr, shared: &Shared) {
+async fn serve_tcp(
+    stream: TcpStream,
+    remote: SocketAddr,
+    key: SocketAddr,
+    shared: &Shared,
+    alt_svc: Option<::http::HeaderValue>,
+) {
     let snap = shared.current.load_full();
     let Some(listener) = snap.listener(&key) else { return };
     let Ok(local) = stream.local_addr() else { return };
@@ -418,8 +602,17 @@ async fn serve_tcp(stream: TcpStream, remote: SocketAddr, key: SocketAddr, share
     };
     let limits = snap.sites[site].limits.clone();
     let _open = ConnectionGuard::open(if conn.alpn_protocol() == Some(b"h2") { 1 } else { 0 });
-    let info =
-        Arc::new(ConnInfo { snap: snap.clone(), listener: key, site, remote, local, tls_version, client, sni, alt_svc: None });
+    let info = Arc::new(ConnInfo {
+        snap: snap.clone(),
+        listener: key,
+        site,
+        remote,
+        local,
+        tls_version,
+        client,
+        sni,
+        alt_svc,
+    });
     drop(snap);
 
     let activity = Arc::new(AtomicU64::new(0));

@@ -2,6 +2,8 @@
 //! minted at test time, the server process with its bound ports, curl.
 #![allow(dead_code)]
 
+pub mod h3c;
+
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SanType, SerialNumber,
@@ -459,6 +461,66 @@ pub fn edge_cmd(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A checksum of a body, the same on both sides of a transfer.
+pub fn checksum(data: &[u8]) -> u64 {
+    data.iter()
+        .enumerate()
+        .fold(0xcbf29ce484222325u64, |h, (i, b)| (h ^ (*b as u64 ^ i as u64)).wrapping_mul(0x100000001b3))
+}
+
+/// A plain HTTP/1.1 upstream that reads the request body (Content-Length)
+/// and answers `len=N sum=CHECKSUM`.
+pub struct SinkUpstream {
+    pub addr: SocketAddr,
+}
+
+impl SinkUpstream {
+    pub fn start() -> SinkUpstream {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                std::thread::spawn(move || {
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(20)));
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 65536];
+                    let end = loop {
+                        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break p;
+                        }
+                        match conn.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    let mut body = buf[end + 4..].to_vec();
+                    while body.len() < len {
+                        match conn.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => body.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let answer = format!("len={} sum={:x}", body.len(), checksum(&body));
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                        answer.len()
+                    );
+                    let _ = conn.write_all(resp.as_bytes());
+                });
+            }
+        });
+        SinkUpstream { addr }
+    }
 }
 
 /// A plain HTTP/1.1 upstream on 127.0.0.1 (port 0) that answers every request
