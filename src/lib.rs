@@ -16,13 +16,17 @@
 //!
 //! Pure decisions (does this certificate satisfy this policy, which site does
 //! this name reach, which route does this path reach) live in [`policy`] and
-//! take plain data, so they are tested without sockets.
+//! take plain data, so they are tested without sockets. So does the built-in
+//! certificate authority in [`pki`] (issue, renew, revoke, CRL, enrollment
+//! tokens, and the SQLite ledger behind a storage trait), which takes the time
+//! as an argument.
 #![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod compile;
 pub mod config;
 pub mod http;
+pub mod pki;
 pub mod plugins;
 pub mod policy;
 pub mod server;
