@@ -168,8 +168,8 @@ fn serial_text(magnitude: &[u8]) -> String {
     }
 }
 
-/// PEM armour, 64 characters a line.
-pub(crate) fn pem(label: &str, der: &[u8]) -> String {
+/// PEM armour, 64 characters a line (`CERTIFICATE`, `X509 CRL`, ...).
+pub fn pem(label: &str, der: &[u8]) -> String {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
     let mut out = format!("-----BEGIN {label}-----\n");

@@ -52,7 +52,7 @@ mod token;
 #[cfg(test)]
 mod tests;
 
-pub use ca::{Ca, Issued, SecretKeyPem, ServerCert, CA_LIFETIME};
+pub use ca::{pem, Ca, Issued, SecretKeyPem, ServerCert, CA_LIFETIME};
 pub use csr::{parse_csr, Csr};
 pub use der::pkcs7_certs_only;
 pub use error::{CsrError, LedgerError, PkiError, TokenError};
