@@ -18,7 +18,10 @@
 //!
 //! Pure decisions (does this certificate satisfy this policy, which site does
 //! this name reach, which route does this path reach) live in [`policy`] and
-//! take plain data, so they are tested without sockets.
+//! take plain data, so they are tested without sockets. So does the built-in
+//! certificate authority in [`pki`] (issue, renew, revoke, CRL, enrollment
+//! tokens, and the SQLite ledger behind a storage trait), which takes the time
+//! as an argument.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -28,6 +31,7 @@ pub mod config;
 pub mod h3;
 pub mod http;
 pub mod metrics;
+pub mod pki;
 pub mod plugins;
 pub mod policy;
 pub mod quic;
