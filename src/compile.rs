@@ -4,20 +4,26 @@
 //! bundles), plugins build their handlers here, and every problem is reported
 //! at the span that named it. A Snapshot that exists is complete and valid.
 
+use crate::authority::{self, Authority};
 use crate::config::{
     self, ClientAuthModel, Diagnostic, GlobalLimits, Mode, Model, Pattern, SiteLimits, SiteName, Source, TlsModel,
     TrustModel,
 };
+use crate::est::{self, Est};
 use crate::metrics::SiteMetrics;
 use crate::policy::{RouteTable, SiteIndex};
 use crate::tls::{self, SiteVerifier};
+use edge_plugin_api::ClientIdentity;
 use edge_plugin_api::{BuildContext, BuildError, Handler, Kind, Registry, Span};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
+use rustls::pki_types::PrivateKeyDer;
 use rustls::RootCertStore;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A compiled Edgefile.
 pub struct Snapshot {
@@ -77,6 +83,42 @@ pub struct Site {
     pub metrics: SiteMetrics,
     /// Unix time its server certificate expires.
     pub cert_not_after: i64,
+    /// Built-in CAs it trusts: their revocations are checked on every
+    /// connection, resumed ones included.
+    pub authorities: Vec<Arc<Authority>>,
+    /// `tls internal`: Unix time its server certificate is due for renewal.
+    pub renew_at: Option<i64>,
+}
+
+impl Site {
+    /// Whether a client certificate is revoked by one of the built-in CAs
+    /// the site trusts (in memory).
+    pub fn revoked(&self, id: &ClientIdentity) -> bool {
+        if self.authorities.is_empty() {
+            return false;
+        }
+        let Some(serial) = hex_bytes(&id.serial) else { return false };
+        self.authorities.iter().any(|a| a.is_revoked(&serial))
+    }
+}
+
+fn hex_bytes(s: &str) -> Option<Vec<u8>> {
+    let s = if s.len() % 2 == 1 { format!("0{s}") } else { s.to_string() };
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect()
+}
+
+/// A throwaway self-signed certificate for `names` (checking only).
+fn ephemeral(names: &[String]) -> Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+    let ck = rcgen::generate_simple_self_signed(names.to_vec()).ok()?;
+    let key = PrivateKeyDer::try_from(ck.signing_key.serialize_der()).ok()?;
+    Some((vec![ck.cert.der().clone()], key))
+}
+
+/// A throwaway CA certificate (checking only).
+fn ephemeral_ca() -> Vec<u8> {
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap_or_default();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    rcgen::KeyPair::generate().and_then(|k| p.self_signed(&k)).map(|c| c.der().to_vec()).unwrap_or_default()
 }
 
 /// A route's own, stricter client-auth, checked per request.
@@ -100,12 +142,28 @@ pub struct Route {
     pub chain: Vec<Box<dyn Handler>>,
 }
 
-/// Reads, parses and compiles the Edgefile at `path`.
+/// What compiling may touch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompileMode {
+    /// For serving: built-in CAs are opened (created on first use), `tls
+    /// internal` certificates issued when due.
+    Serve,
+    /// For `edge validate`: nothing is created or written; `tls internal`
+    /// and not-yet-created CAs use throwaway in-memory certificates.
+    Check,
+}
+
+/// Reads, parses and compiles the Edgefile at `path` for serving.
 pub fn load(path: &Path, registry: &Registry) -> Result<Snapshot, Vec<Diagnostic>> {
+    load_with(path, registry, CompileMode::Serve)
+}
+
+/// Reads, parses and compiles the Edgefile at `path`.
+pub fn load_with(path: &Path, registry: &Registry, mode: CompileMode) -> Result<Snapshot, Vec<Diagnostic>> {
     let source = Source::read(path).map_err(|d| vec![d])?;
     let names: Vec<&str> = registry.names().collect();
     let (model, mut diags) = config::parse_partial(&source, &names)?;
-    match compile(&model, &source, registry) {
+    match compile(&model, &source, registry, mode) {
         Ok(snap) if diags.is_empty() => Ok(snap),
         Ok(_) => Err(diags),
         Err(more) => {
@@ -116,8 +174,13 @@ pub fn load(path: &Path, registry: &Registry) -> Result<Snapshot, Vec<Diagnostic
 }
 
 /// Compiles a parsed Edgefile.
-pub fn compile(model: &Model, source: &Source, registry: &Registry) -> Result<Snapshot, Vec<Diagnostic>> {
-    let mut c = Compiler { src: source, diags: Vec::new() };
+pub fn compile(
+    model: &Model,
+    source: &Source,
+    registry: &Registry,
+    mode: CompileMode,
+) -> Result<Snapshot, Vec<Diagnostic>> {
+    let mut c = Compiler { src: source, diags: Vec::new(), model, mode };
     let bcx = BuildContext { base_dir: model.base_dir.clone() };
     let mut sites = Vec::new();
     for site in &model.sites {
@@ -174,10 +237,9 @@ pub fn compile(model: &Model, source: &Source, registry: &Registry) -> Result<Sn
 struct Compiler<'a> {
     src: &'a Source,
     diags: Vec<Diagnostic>,
+    model: &'a Model,
+    mode: CompileMode,
 }
-
-const NO_CA_YET: &str =
-    "the built-in CA (`tls internal`, `trust ca=`, `enrollment`) is not available in this build yet";
 
 impl Compiler<'_> {
     fn err(&mut self, at: Span, message: impl Into<String>, hint: Option<String>) {
@@ -188,9 +250,33 @@ impl Compiler<'_> {
         self.diags.push(self.src.diag(e.span, e.message, e.hint));
     }
 
+    /// The built-in CA `name` (serving only; `None` when checking or on error).
+    fn authority(&mut self, name: &config::Spanned<String>) -> Option<Arc<Authority>> {
+        if self.mode == CompileMode::Check {
+            return None;
+        }
+        match authority::open(&self.model.storage, &name.value) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                self.err(
+                    name.span,
+                    format!("CA {:?}: {e}", name.value),
+                    Some(format!("storage is {}", self.model.storage.display())),
+                );
+                None
+            }
+        }
+    }
+
+    fn ca_model(&self, name: &str) -> Option<&config::CaModel> {
+        self.model.cas.iter().find(|c| c.name.value == name)
+    }
+
     fn site(&mut self, site: &config::SiteModel, registry: &Registry, bcx: &BuildContext) -> Option<Site> {
         let before = self.diags.len();
-        let verifier = self.verifier(&site.client_auth);
+        let mut authorities = Vec::new();
+        let verifier = self.verifier(&site.client_auth, &mut authorities);
+        let mut renew_at = None;
         let certified = match &site.tls {
             Some(TlsModel::Files { cert, key }) => {
                 let certs = tls::load_certs(&cert.value)
@@ -223,15 +309,57 @@ impl Compiler<'_> {
                 }
             }
             Some(TlsModel::Internal { ca }) => {
-                self.err(ca.span, NO_CA_YET, Some("use `tls cert=\"...\" key=\"...\"` for now".into()));
-                None
+                let names: Vec<String> = site.names.iter().map(|n| n.value.to_string()).collect();
+                match self.authority(ca) {
+                    Some(a) => match a.server_cert(&site.label(), &names) {
+                        Ok((chain, key, not_after)) => {
+                            let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(chain.as_bytes()).collect();
+                            let key = PrivateKeyDer::from_pem_slice(key.as_bytes());
+                            match (certs, key) {
+                                (Ok(c), Ok(k)) => {
+                                    let (from, to) = (
+                                        not_after.unix_timestamp() - authority::SERVER_CERT_LIFETIME.as_secs() as i64,
+                                        not_after.unix_timestamp(),
+                                    );
+                                    renew_at = Some(from + (to - from) * 2 / 3);
+                                    Some((c, k))
+                                }
+                                _ => {
+                                    self.err(ca.span, "the issued server certificate does not parse", None);
+                                    None
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            self.err(ca.span, format!("cannot issue the server certificate: {e}"), None);
+                            None
+                        }
+                    },
+                    None if self.mode == CompileMode::Check => ephemeral(&names),
+                    None => None,
+                }
             }
             None => None,
         };
-        if let Some(e) = &site.enrollment {
-            self.err(e.span, NO_CA_YET, None);
-        }
         let mut routes = Vec::new();
+        if let Some(e) = &site.enrollment {
+            if site.routes.iter().any(|r| r.pattern.value == Pattern::Prefix(est::PREFIX.into())) {
+                self.err(
+                    e.span,
+                    format!("`enrollment` serves {}/*, and this site has a route of its own there", est::PREFIX),
+                    None,
+                );
+            }
+            let lifetime = self.ca_model(&e.value).map(|c| c.cert_lifetime).unwrap_or(Duration::from_secs(86_400));
+            if let Some(a) = self.authority(e) {
+                routes.push(Route {
+                    pattern: Pattern::Prefix(est::PREFIX.into()),
+                    policy: None,
+                    max_body: est::MAX_BODY,
+                    chain: vec![Box::new(Est::new(a, lifetime))],
+                });
+            }
+        }
         for r in &site.routes {
             if let Some(route) = self.route(r, site, registry, bcx) {
                 routes.push(route);
@@ -268,6 +396,8 @@ impl Compiler<'_> {
         };
         let table = RouteTable::new(routes.iter().map(|r: &Route| &r.pattern));
         Some(Site {
+            authorities,
+            renew_at,
             metrics: SiteMetrics::new(&site.label()),
             cert_not_after,
             name: Arc::from(site.label()),
@@ -285,6 +415,7 @@ impl Compiler<'_> {
     fn verifier(
         &mut self,
         ca: &ClientAuthModel,
+        authorities: &mut Vec<Arc<Authority>>,
     ) -> Option<Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>> {
         if ca.mode.value == Mode::Off {
             return Some(None);
@@ -311,7 +442,27 @@ impl Compiler<'_> {
                     }
                     Err(e) => self.err(f.span, e, Some("trust file= names a PEM file of CA certificates".into())),
                 },
-                TrustModel::Ca(c) => self.err(c.span, NO_CA_YET, Some("use `trust file=\"ca.pem\"` for now".into())),
+                TrustModel::Ca(c) => {
+                    let der = match self.authority(c) {
+                        Some(a) => {
+                            let der = a.ca.cert_der().to_vec();
+                            authorities.push(a);
+                            der
+                        }
+                        // Checking: the CA's root if it exists, else a stand-in.
+                        None if self.mode == CompileMode::Check => {
+                            let pem = self.model.storage.join("ca").join(&c.value).join("ca.crt");
+                            match tls::load_certs(&pem) {
+                                Ok(mut certs) => certs.remove(0).to_vec(),
+                                Err(_) => ephemeral_ca(),
+                            }
+                        }
+                        None => continue,
+                    };
+                    if let Err(e) = roots.add(CertificateDer::from(der)) {
+                        self.err(c.span, format!("CA {:?} cannot be a trust anchor: {e}", c.value), None);
+                    }
+                }
             }
         }
         let mut crls = Vec::new();
@@ -324,7 +475,7 @@ impl Compiler<'_> {
         if self.diags.len() > before {
             return None;
         }
-        match SiteVerifier::new(ca.mode.value, roots, crls, ca.allow.clone()) {
+        match SiteVerifier::new(ca.mode.value, roots, crls, ca.allow.clone(), authorities.clone()) {
             Ok(v) => Some(Some(Arc::new(v))),
             Err(e) => {
                 self.err(ca.mode.span, e, None);

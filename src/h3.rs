@@ -62,6 +62,10 @@ pub(crate) async fn serve_connection(
     };
     // The handshake ran under the config current then; should a reload have
     // tightened the site since, the stricter rule holds.
+    if client.as_deref().is_some_and(|id| snap.sites[site].revoked(id)) {
+        conn.close(0u32.into(), b"certificate revoked");
+        return;
+    }
     if snap.sites[site].mode == Mode::Require && client.is_none() {
         conn.close(0u32.into(), b"client certificate required");
         return;

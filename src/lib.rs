@@ -25,9 +25,13 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod agent;
+pub mod authority;
+pub mod ca_cli;
 pub mod cli;
 pub mod compile;
 pub mod config;
+pub mod est;
 pub mod h3;
 pub mod http;
 pub mod metrics;

@@ -26,17 +26,33 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e.to_string()),
             }
         }
-        Command::Validate { config } => match edge::compile::load(&config, &edge::plugins::registry()) {
-            Ok(_) => {
-                println!("valid");
-                ExitCode::SUCCESS
+        Command::Validate { config } => {
+            match edge::compile::load_with(&config, &edge::plugins::registry(), edge::compile::CompileMode::Check) {
+                Ok(_) => {
+                    println!("valid");
+                    ExitCode::SUCCESS
+                }
+                Err(diags) => {
+                    eprint!("{}", edge::config::render(&diags));
+                    ExitCode::from(1)
+                }
             }
-            Err(diags) => {
-                eprint!("{}", edge::config::render(&diags));
-                ExitCode::from(1)
-            }
-        },
+        }
         Command::Fmt { config, check } => fmt(&config, check),
+        Command::Ca { command } => match edge::ca_cli::run(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e.to_string()),
+        },
+        Command::Agent(args) => {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+            };
+            match runtime.block_on(edge::agent::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e.to_string()),
+            }
+        }
         Command::Reload { config } => match edge::admin::request_reload(&config) {
             Ok(generation) => {
                 println!("reloaded: generation {generation}");

@@ -304,6 +304,8 @@ pub async fn run(opts: RunOptions, registry: Arc<Registry>) -> Result<(), RunErr
     if opts.watch {
         tokio::spawn(watch_files(server.clone(), watched_rx));
     }
+    tokio::spawn(crate::authority::keep_fresh());
+    tokio::spawn(renew_server_certs(server.clone()));
     let snap = server.current();
     info!(config = %path.display(), sites = snap.sites.len(), generation = server.generation(), "edge is ready");
     drop(snap);
@@ -318,6 +320,19 @@ pub async fn run(opts: RunOptions, registry: Arc<Registry>) -> Result<(), RunErr
         Err(_) => warn!("shutdown timeout: closing the connections still open"),
     }
     Ok(())
+}
+
+/// Reloads when a `tls internal` server certificate is due for renewal: the
+/// reload issues the new one, new connections get it, open ones keep theirs.
+async fn renew_server_certs(server: Arc<Server>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let due = server.current().sites.iter().filter_map(|s| s.renew_at).min();
+        if due.is_some_and(|t| t <= unix_now()) {
+            let _ = server.reload("server certificate renewal").await;
+        }
+    }
 }
 
 async fn wait_for_stop(server: &Server) -> Result<(), RunError> {
@@ -600,6 +615,12 @@ async fn serve_tcp(
         },
         None => None,
     };
+    // A resumed session skips the verifier: check revocation again here.
+    if client.as_deref().is_some_and(|id| snap.sites[site].revoked(id)) {
+        snap.sites[site].metrics.handshake(Transport::Tcp, HandshakeResult::Revoked);
+        debug!(%remote, "resumed session of a revoked certificate; closing");
+        return;
+    }
     let limits = snap.sites[site].limits.clone();
     let _open = ConnectionGuard::open(if conn.alpn_protocol() == Some(b"h2") { 1 } else { 0 });
     let info = Arc::new(ConnInfo {

@@ -4,6 +4,7 @@
 //! site's mode, trust anchors, CRLs and allow rules inside the handshake, so a
 //! refused client never reaches HTTP.
 
+use crate::authority::Authority;
 use crate::config::{AllowRule, Mode};
 use crate::policy;
 use rustls::client::danger::HandshakeSignatureValid;
@@ -63,11 +64,11 @@ pub fn load_crl(path: &Path) -> Result<CertificateRevocationListDer<'static>, St
 
 /// The client verifier of one site: rustls' WebPKI verifier for the chain,
 /// validity and CRLs, then the site's allow rules on the leaf.
-#[derive(Debug)]
 pub struct SiteVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     allow: Arc<[AllowRule]>,
     mandatory: bool,
+    authorities: Vec<Arc<Authority>>,
 }
 
 impl SiteVerifier {
@@ -77,6 +78,7 @@ impl SiteVerifier {
         roots: RootCertStore,
         crls: Vec<CertificateRevocationListDer<'static>>,
         allow: Vec<AllowRule>,
+        authorities: Vec<Arc<Authority>>,
     ) -> Result<Self, String> {
         let mut b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
             .with_crls(crls)
@@ -86,7 +88,13 @@ impl SiteVerifier {
             b = b.allow_unauthenticated();
         }
         let inner = b.build().map_err(|e| format!("cannot build the client verifier: {e}"))?;
-        Ok(SiteVerifier { inner, allow: allow.into(), mandatory: mode == Mode::Require })
+        Ok(SiteVerifier { inner, allow: allow.into(), mandatory: mode == Mode::Require, authorities })
+    }
+}
+
+impl std::fmt::Debug for SiteVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SiteVerifier").field("mandatory", &self.mandatory).finish_non_exhaustive()
     }
 }
 
@@ -110,6 +118,15 @@ impl ClientCertVerifier for SiteVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        if !self.authorities.is_empty() {
+            // Revocations of the built-in CAs, from memory.
+            let (_, cert) = x509_parser::parse_x509_certificate(end_entity)
+                .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+            let serial = cert.raw_serial();
+            if self.authorities.iter().any(|a| a.is_revoked(serial)) {
+                return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+            }
+        }
         if !self.allow.is_empty() {
             let id = policy::identity_from_der(end_entity)
                 .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;

@@ -295,7 +295,7 @@ pub fn normalize_serial(s: &str) -> Result<String, PkiError> {
 
 /// The bytes of a normalised hex serial.
 pub(crate) fn serial_bytes(hex_serial: &str) -> Option<Vec<u8>> {
-    if hex_serial.len() % 2 != 0 {
+    if !hex_serial.len().is_multiple_of(2) {
         return None;
     }
     (0..hex_serial.len()).step_by(2).map(|i| u8::from_str_radix(hex_serial.get(i..i + 2)?, 16).ok()).collect()
