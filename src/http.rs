@@ -43,8 +43,9 @@ impl ConnInfo {
     }
 }
 
-/// Bodies up to this size are read and dropped before an early refusal, so
-/// that clients still uploading see the answer instead of a reset stream.
+/// A request body a handler did not read (a refusal, `respond`) is read and
+/// dropped in the background, up to this much and for this long, so that a
+/// client still uploading gets the answer instead of a reset stream.
 const DRAIN_MAX: u64 = 1 << 20;
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -76,28 +77,14 @@ where
     let (parts, body) = req.into_parts();
     match admit(&parts, conn) {
         Ok((route, cx)) => {
-            let body = Limited { inner: body.map_err(Into::into).boxed(), left: route.max_body };
+            let body = Limited::new(body.map_err(Into::into).boxed(), route.max_body);
             let req = http::Request::from_parts(parts, body.boxed());
             Next::new(&route.chain).run(req, &cx).await
         }
         Err((status, reason)) => {
-            let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-            if declared.is_some_and(|n| n > 0 && n <= DRAIN_MAX) {
-                let _ = tokio::time::timeout(DRAIN_TIME, drain(body)).await;
-            }
+            // Dropped unread: drained in the background (see `Limited`).
+            drop(Limited::new(body.map_err(Into::into).boxed(), DRAIN_MAX));
             error_response(status, &reason)
-        }
-    }
-}
-
-async fn drain<B: HttpBody + Unpin>(mut body: B) {
-    let mut seen = 0u64;
-    while let Some(Ok(frame)) = body.frame().await {
-        if let Some(d) = frame.data_ref() {
-            seen += d.remaining() as u64;
-            if seen > DRAIN_MAX {
-                return;
-            }
         }
     }
 }
@@ -201,8 +188,40 @@ fn admit<'c>(
 
 /// A body that fails with [`BodyTooLarge`] once more than `left` bytes came.
 struct Limited {
-    inner: edge_plugin_api::Body,
+    /// `None` once handed to the drain task.
+    inner: Option<edge_plugin_api::Body>,
     left: u64,
+    ended: bool,
+}
+
+impl Limited {
+    fn new(inner: edge_plugin_api::Body, left: u64) -> Self {
+        let ended = inner.is_end_stream();
+        Limited { inner: Some(inner), left, ended }
+    }
+}
+
+impl Drop for Limited {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let (Some(mut body), Ok(rt)) = (self.inner.take(), tokio::runtime::Handle::try_current()) else { return };
+        rt.spawn(async move {
+            let drain = async {
+                let mut seen = 0u64;
+                while let Some(Ok(frame)) = body.frame().await {
+                    if let Some(d) = frame.data_ref() {
+                        seen += d.remaining() as u64;
+                        if seen > DRAIN_MAX {
+                            return;
+                        }
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+        });
+    }
 }
 
 impl HttpBody for Limited {
@@ -211,7 +230,12 @@ impl HttpBody for Limited {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
+        let polled = Pin::new(inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            this.ended = true;
+        }
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
@@ -228,10 +252,10 @@ impl HttpBody for Limited {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner.as_ref().map(|b| b.size_hint()).unwrap_or_default()
     }
 }
