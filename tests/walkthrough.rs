@@ -9,13 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn sh(dir: &Path, script: &str) -> (i32, String, String) {
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(script)
-        .current_dir(dir)
-        .env("EDGE", edge_bin())
-        .output()
-        .unwrap();
+    let out = Command::new("bash").arg("-c").arg(script).current_dir(dir).env("EDGE", edge_bin()).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -79,8 +73,12 @@ fn readme_walkthrough_on_edgefile_example() {
 
     // The agent renews (once, as cron would) and keeps the key private.
     let before = std::fs::read_to_string(d.join("alice.crt")).unwrap();
-    let (code, _, err) =
-        sh(d, &format!("$EDGE agent --url {url} --cert alice.crt --key alice.key --ca-file ca.crt --once --exec 'touch renewed'"));
+    let (code, _, err) = sh(
+        d,
+        &format!(
+            "$EDGE agent --url {url} --cert alice.crt --key alice.key --ca-file ca.crt --once --exec 'touch renewed'"
+        ),
+    );
     assert_eq!(code, 0, "{err}");
     assert_ne!(std::fs::read_to_string(d.join("alice.crt")).unwrap(), before);
     assert!(d.join("renewed").exists(), "--exec ran");
@@ -104,7 +102,8 @@ fn readme_walkthrough_on_edgefile_example() {
         assert!(revoked_at.elapsed() < Duration::from_secs(2), "still served 2 s after the revocation");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (code, _, err) = sh(d, &format!("$EDGE agent --url {url} --cert alice.crt --key alice.key --ca-file ca.crt --once"));
+    let (code, _, err) =
+        sh(d, &format!("$EDGE agent --url {url} --cert alice.crt --key alice.key --ca-file ca.crt --once"));
     assert_eq!(code, 1);
     assert!(err.contains("revoked"), "{err}");
     assert!(!edge.log().contains("config reloaded"), "a revocation needs no reload");
