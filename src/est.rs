@@ -110,7 +110,9 @@ impl Est {
             Ok(x) => x,
             Err(r) => return r,
         };
-        let (from, to) = (row.not_before.unix_timestamp(), row.not_after.unix_timestamp());
+        // From the issue time, not notBefore (set back 5 minutes for clock
+        // skew), so short lifetimes are not renewed at once.
+        let (from, to) = (row.issued_at.unix_timestamp(), row.not_after.unix_timestamp());
         let life = to - from;
         let after = from + life * 2 / 3;
         let before = to - life / 10;

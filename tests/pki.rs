@@ -357,3 +357,37 @@ fn est_requests_are_rate_limited_per_client() {
     assert!(statuses[..20].iter().all(|s| *s == 401), "{statuses:?}");
     assert!(statuses[20..].iter().all(|s| *s == 429), "{statuses:?}");
 }
+
+#[test]
+fn the_agent_renews_by_itself_before_expiry() {
+    let dir = tempdir();
+    let edgefile = EDGEFILE.replace("cert-lifetime \"2h\"", "cert-lifetime \"6s\"");
+    let edge = Edge::start(dir.path(), &edgefile);
+    let port = edge.port_of("127.0.0.1:0");
+    let d = dir.path();
+    let run = |script: &str| {
+        Command::new("bash").arg("-c").arg(script).current_dir(d).env("EDGE", edge_bin()).output().unwrap()
+    };
+    assert!(run("$EDGE ca root --config Edgefile --ca newsroom > ca.crt").status.success());
+    assert!(run("$EDGE ca issue --config Edgefile --ca newsroom --cn dev --out .").status.success());
+    let first = std::fs::read_to_string(d.join("dev.crt")).unwrap();
+    let mut agent = Command::new(edge_bin())
+        .args(["agent", "--url", &format!("https://pki.localhost:{port}")])
+        .args(["--cert", "dev.crt", "--key", "dev.key", "--ca-file", "ca.crt", "--exec", "echo renewed >> renewals"])
+        .current_dir(d)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // renewal-info says: at 2/3 of 6 s. Wait (bounded) for the --exec mark.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !d.join("renewals").exists() {
+        assert!(Instant::now() < deadline, "the agent never renewed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let second = std::fs::read_to_string(d.join("dev.crt")).unwrap();
+    assert_ne!(first, second);
+    let out = run(&format!("curl -sS --cacert ca.crt --cert dev.crt --key dev.key https://app.localhost:{port}/"));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("hello dev "), "{out:?}");
+}
