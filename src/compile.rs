@@ -422,12 +422,14 @@ impl Compiler<'_> {
         }
         let before = self.diags.len();
         let mut roots = RootCertStore::empty();
+        let mut roots_der: Vec<CertificateDer<'static>> = Vec::new();
         for t in &ca.trust {
             match t {
                 TrustModel::File(f) => match tls::load_certs(&f.value) {
                     Ok(certs) => {
                         for c in certs {
                             let c: CertificateDer<'static> = c;
+                            roots_der.push(c.clone());
                             if let Err(e) = roots.add(c) {
                                 self.err(
                                     f.span,
@@ -459,23 +461,30 @@ impl Compiler<'_> {
                         }
                         None => continue,
                     };
+                    roots_der.push(CertificateDer::from(der.clone()));
                     if let Err(e) = roots.add(CertificateDer::from(der)) {
                         self.err(c.span, format!("CA {:?} cannot be a trust anchor: {e}", c.value), None);
                     }
                 }
             }
         }
+        let anchors: Vec<CertificateDer<'static>> = roots_der;
         let mut crls = Vec::new();
+        let mut index = tls::CrlIndex::default();
         for f in &ca.crls {
             match tls::load_crl(&f.value) {
-                Ok(c) => crls.push(c),
+                Ok(c) => match index.add(&c, &anchors) {
+                    Ok(true) => {}
+                    Ok(false) => crls.push(c),
+                    Err(e) => self.err(f.span, format!("{}: {e}", f.value.display()), None),
+                },
                 Err(e) => self.err(f.span, e, Some("crl file= names a CRL, PEM or DER".into())),
             }
         }
         if self.diags.len() > before {
             return None;
         }
-        match SiteVerifier::new(ca.mode.value, roots, crls, ca.allow.clone(), authorities.clone()) {
+        match SiteVerifier::new(ca.mode.value, roots, crls, ca.allow.clone(), authorities.clone(), index) {
             Ok(v) => Some(Some(Arc::new(v))),
             Err(e) => {
                 self.err(ca.mode.span, e, None);

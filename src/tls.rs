@@ -69,6 +69,54 @@ pub struct SiteVerifier {
     allow: Arc<[AllowRule]>,
     mandatory: bool,
     authorities: Vec<Arc<Authority>>,
+    crls: CrlIndex,
+}
+
+/// Serials revoked by CRL files whose issuer is a trust anchor, by issuer.
+/// The CRL's signature is verified once, when the config is compiled, so a
+/// handshake costs one hash lookup whatever the CRL's size (webpki would
+/// verify the whole CRL's signature on every handshake).
+#[derive(Debug, Default, Clone)]
+pub struct CrlIndex {
+    by_issuer: std::collections::HashMap<Box<[u8]>, std::collections::HashSet<Box<[u8]>>>,
+}
+
+impl CrlIndex {
+    /// Whether the certificate with this issuer (raw DER name) and serial
+    /// (DER INTEGER content) is revoked.
+    pub fn contains(&self, issuer: &[u8], serial: &[u8]) -> bool {
+        let serial = &serial[serial.iter().take_while(|b| **b == 0).count()..];
+        self.by_issuer.get(issuer).is_some_and(|s| s.contains(serial))
+    }
+
+    /// Whether it holds no CRL.
+    pub fn is_empty(&self) -> bool {
+        self.by_issuer.is_empty()
+    }
+
+    /// Adds a CRL issued by one of `anchors`, after checking its signature;
+    /// `Ok(false)` when no anchor issued it (it is then left to webpki,
+    /// which can check CRLs of intermediates).
+    pub fn add(&mut self, crl: &[u8], anchors: &[CertificateDer<'_>]) -> Result<bool, String> {
+        let (_, crl) = x509_parser::parse_x509_crl(crl).map_err(|e| format!("the CRL does not parse: {e}"))?;
+        let issuer = crl.issuer().as_raw();
+        for a in anchors {
+            let Ok((_, anchor)) = x509_parser::parse_x509_certificate(a) else { continue };
+            if anchor.subject().as_raw() != issuer {
+                continue;
+            }
+            crl.verify_signature(anchor.public_key()).map_err(|e| {
+                format!("the CRL's signature does not verify with the key of its issuer {}: {e}", anchor.subject())
+            })?;
+            let set = self.by_issuer.entry(issuer.into()).or_default();
+            for r in crl.iter_revoked_certificates() {
+                let raw = r.raw_serial();
+                set.insert(raw[raw.iter().take_while(|b| **b == 0).count()..].into());
+            }
+            return Ok(true);
+        }
+        Ok(false)
+    }
 }
 
 impl SiteVerifier {
@@ -79,6 +127,7 @@ impl SiteVerifier {
         crls: Vec<CertificateRevocationListDer<'static>>,
         allow: Vec<AllowRule>,
         authorities: Vec<Arc<Authority>>,
+        index: CrlIndex,
     ) -> Result<Self, String> {
         let mut b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
             .with_crls(crls)
@@ -88,7 +137,7 @@ impl SiteVerifier {
             b = b.allow_unauthenticated();
         }
         let inner = b.build().map_err(|e| format!("cannot build the client verifier: {e}"))?;
-        Ok(SiteVerifier { inner, allow: allow.into(), mandatory: mode == Mode::Require, authorities })
+        Ok(SiteVerifier { inner, allow: allow.into(), mandatory: mode == Mode::Require, authorities, crls: index })
     }
 }
 
@@ -118,12 +167,14 @@ impl ClientCertVerifier for SiteVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
-        if !self.authorities.is_empty() {
-            // Revocations of the built-in CAs, from memory.
+        if !self.authorities.is_empty() || !self.crls.is_empty() {
+            // Revocations of the built-in CAs and of CRL files, from memory.
             let (_, cert) = x509_parser::parse_x509_certificate(end_entity)
                 .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
             let serial = cert.raw_serial();
-            if self.authorities.iter().any(|a| a.is_revoked(serial)) {
+            if self.authorities.iter().any(|a| a.is_revoked(serial))
+                || self.crls.contains(cert.issuer().as_raw(), serial)
+            {
                 return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
             }
         }

@@ -183,3 +183,27 @@ fn the_example_edgefile_is_valid_and_canonical_and_validate_creates_nothing() {
     // The example's built-in CA is created by `edge run`, never by `validate`.
     assert!(!dir.path().join("edge-data").exists());
 }
+
+#[test]
+fn a_crl_not_signed_by_its_issuer_is_refused() {
+    let dir = tempdir();
+    let pki = Pki::new(dir.path(), &["a.localhost"]);
+    // Same issuer name as the trusted CA, another key: a forged CRL.
+    let forger = TestCa::new("Test Root CA");
+    write(dir.path(), "forged.crl", forger.crl(&[REVOKED_SERIAL]));
+    let _ = pki;
+    let (code, _, err) = validate(
+        dir.path(),
+        r#"site "a.localhost" {
+    listen "127.0.0.1:0"
+    tls cert="server.crt" key="server.key"
+    client-auth require {
+        trust file="ca.pem"
+        crl file="forged.crl"
+    }
+    respond "x"
+}"#,
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains(":6:13: error:") && err.contains("signature does not verify"), "{err}");
+}

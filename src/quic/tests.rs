@@ -134,8 +134,15 @@ fn world() -> World {
     let other = Ca::new("Untrusted CA");
     let server = ca.server(&[OPEN, MTLS, "127.0.0.1"]);
     let allow = vec![AllowRule { all: vec![Matcher::Ou("editors".into())] }];
-    let verifier =
-        SiteVerifier::new(Mode::Require, ca.roots(), vec![ca.crl(&[REVOKED_SERIAL])], allow, vec![]).unwrap();
+    let verifier = SiteVerifier::new(
+        Mode::Require,
+        ca.roots(),
+        vec![ca.crl(&[REVOKED_SERIAL])],
+        allow,
+        vec![],
+        Default::default(),
+    )
+    .unwrap();
     let open = site(&server, None);
     let mtls = site(&server, Some(Arc::new(verifier)));
     World { ca, other, open, mtls }
