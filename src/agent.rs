@@ -59,9 +59,10 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
                 Err(AgentError::Refused(msg)) => return Err(AgentError::Refused(msg)),
                 Err(e) => warn!(error = %e, "renewal-info unavailable; renewing at 2/3 of the lifetime"),
             }
-            // Jitter: spread a fleet's renewals over up to 5% of the lifetime (at most 10 minutes).
-            let spread = (life / 20).clamp(1, 600);
-            at += time::Duration::seconds(random_below(spread as u64) as i64);
+            // Jitter: spread a fleet's renewals over a quarter of the time
+            // left before expiry, at most 10 minutes.
+            let left_ms = (not_after - at).whole_milliseconds().max(0) as u64;
+            at += time::Duration::milliseconds(random_below((left_ms / 4).min(600_000)) as i64);
             let wait = (at - OffsetDateTime::now_utc()).whole_milliseconds().max(0) as u64;
             if wait > 0 {
                 info!(renew_at = %rfc3339(at), "waiting to renew");

@@ -383,6 +383,10 @@ impl Compiler<'_> {
             };
             let mut cfg = b.with_single_cert(certs.clone(), key.clone_key())?;
             cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            // The server's cipher order (see tls::provider), and one session
+            // ticket rather than two: each costs an encryption and a write.
+            cfg.ignore_client_order = true;
+            cfg.send_tls13_tickets = 1;
             Ok::<_, rustls::Error>(Arc::new(cfg))
         };
         let tcp = build(&[&rustls::version::TLS13, &rustls::version::TLS12], &[b"h2", b"http/1.1"]);
