@@ -161,13 +161,16 @@ impl Est {
         self.reject(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "the request body is over 64 KiB")
     }
 
+    /// 429 once `cx`'s address spent its budget.
+    fn limited(&self, cx: &RequestContext) -> Option<Response> {
+        (!self.authority.admit(cx.remote.ip())).then(|| {
+            self.reject(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests; try again in a minute")
+        })
+    }
+
     async fn enroll(&self, req: Request, cx: &RequestContext) -> Response {
-        if !self.authority.admit(cx.remote.ip()) {
-            return self.reject(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "too many requests; try again in a minute",
-            );
+        if let Some(r) = self.limited(cx) {
+            return r;
         }
         let Some(token) = bearer_or_basic(&req) else {
             return self.reject(
@@ -176,35 +179,31 @@ impl Est {
                 "an enrollment token is required: Authorization: Bearer TOKEN (or HTTP Basic with the token as password)",
             );
         };
-        let (parts, body) = match self.body(req).await {
-            Ok(x) => x,
-            Err(r) => return r,
-        };
-        let csr = match pki::parse_csr(&body) {
-            Ok(c) => c,
-            Err(e) => return self.reject(StatusCode::BAD_REQUEST, "bad_csr", &e.to_string()),
-        };
-        let (a, lifetime) = (self.authority.clone(), self.cert_lifetime);
-        let asks = csr.asks_for_identity();
-        let issued = tokio::task::spawn_blocking(move || {
-            a.ca.enroll_with_token(a.ledger.as_ref(), &token, &csr, lifetime, OffsetDateTime::now_utc())
+        self.issue(req, "enroll", move |a, csr, lifetime| {
+            a.ca.enroll_with_token(a.ledger.as_ref(), &token, csr, lifetime, OffsetDateTime::now_utc())
         })
-        .await;
-        self.answer(&parts, issued, "enroll", asks)
+        .await
     }
 
     async fn reenroll(&self, req: Request, cx: &RequestContext) -> Response {
-        if !self.authority.admit(cx.remote.ip()) {
-            return self.reject(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "too many requests; try again in a minute",
-            );
+        if let Some(r) = self.limited(cx) {
+            return r;
         }
         let (id, _) = match self.presented(cx) {
             Ok(x) => x,
             Err(r) => return r,
         };
+        self.issue(req, "renew", move |a, csr, lifetime| {
+            a.ca.renew(a.ledger.as_ref(), &id.der, csr, lifetime, OffsetDateTime::now_utc())
+        })
+        .await
+    }
+
+    /// Reads and checks the CSR, then issues with `f` off the async threads.
+    async fn issue<F>(&self, req: Request, kind: &'static str, f: F) -> Response
+    where
+        F: FnOnce(&Authority, &pki::Csr, Duration) -> Result<pki::Issued, PkiError> + Send + 'static,
+    {
         let (parts, body) = match self.body(req).await {
             Ok(x) => x,
             Err(r) => return r,
@@ -213,13 +212,10 @@ impl Est {
             Ok(c) => c,
             Err(e) => return self.reject(StatusCode::BAD_REQUEST, "bad_csr", &e.to_string()),
         };
-        let (a, lifetime) = (self.authority.clone(), self.cert_lifetime);
         let asks = csr.asks_for_identity();
-        let issued = tokio::task::spawn_blocking(move || {
-            a.ca.renew(a.ledger.as_ref(), &id.der, &csr, lifetime, OffsetDateTime::now_utc())
-        })
-        .await;
-        self.answer(&parts, issued, "renew", asks)
+        let (a, lifetime) = (self.authority.clone(), self.cert_lifetime);
+        let issued = tokio::task::spawn_blocking(move || f(&a, &csr, lifetime)).await;
+        self.answer(&parts, issued, kind, asks)
     }
 
     fn answer(
