@@ -97,14 +97,9 @@ impl Site {
         if self.authorities.is_empty() {
             return false;
         }
-        let Some(serial) = hex_bytes(&id.serial) else { return false };
+        let Some(serial) = crate::pki::serial_bytes(&id.serial) else { return false };
         self.authorities.iter().any(|a| a.is_revoked(&serial))
     }
-}
-
-fn hex_bytes(s: &str) -> Option<Vec<u8>> {
-    let s = if s.len() % 2 == 1 { format!("0{s}") } else { s.to_string() };
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect()
 }
 
 /// A throwaway self-signed certificate for `names` (checking only).

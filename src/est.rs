@@ -52,7 +52,7 @@ impl Est {
                 certs_response(&req, vec![self.authority.ca.cert_der().to_vec()], pem)
             }
             ("crl", &Method::GET) => self.crl(&req).await,
-            ("renewal-info", &Method::GET) => self.renewal_info(cx),
+            ("renewal-info", &Method::GET) => self.renewal_info(cx).await,
             ("simpleenroll", &Method::POST) => self.enroll(req, cx).await,
             ("simplereenroll", &Method::POST) => self.reenroll(req, cx).await,
             ("cacerts" | "crl" | "renewal-info", _) => method_not_allowed("GET"),
@@ -83,7 +83,7 @@ impl Est {
     /// The presented certificate's row, if this CA issued it.
     // A refusal is already the response to send, whatever its size.
     #[allow(clippy::result_large_err)]
-    fn presented(
+    async fn presented(
         &self,
         cx: &RequestContext,
     ) -> Result<(Arc<edge_plugin_api::ClientIdentity>, pki::CertRecord), Response> {
@@ -94,7 +94,14 @@ impl Est {
                 "present your current client certificate (curl --cert --key)",
             ));
         };
-        match self.authority.ledger.certificate(self.authority.name(), &id.serial) {
+        // The ledger may wait on another process's write: not on an async thread.
+        let (a, serial) = (self.authority.clone(), id.serial.clone());
+        let row = tokio::task::spawn_blocking(move || a.ledger.certificate(a.name(), &serial)).await;
+        let row = match row {
+            Ok(r) => r,
+            Err(e) => return Err(internal(&e)),
+        };
+        match row {
             Ok(Some(row)) if format!("sha256:{}", row.fingerprint) == id.fingerprint => Ok((id, row)),
             Ok(_) => Err(self.reject(
                 StatusCode::FORBIDDEN,
@@ -105,8 +112,8 @@ impl Est {
         }
     }
 
-    fn renewal_info(&self, cx: &RequestContext) -> Response {
-        let (_, row) = match self.presented(cx) {
+    async fn renewal_info(&self, cx: &RequestContext) -> Response {
+        let (_, row) = match self.presented(cx).await {
             Ok(x) => x,
             Err(r) => return r,
         };
@@ -189,7 +196,7 @@ impl Est {
         if let Some(r) = self.limited(cx) {
             return r;
         }
-        let (id, _) = match self.presented(cx) {
+        let (id, _) = match self.presented(cx).await {
             Ok(x) => x,
             Err(r) => return r,
         };

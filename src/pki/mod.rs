@@ -294,7 +294,8 @@ pub fn normalize_serial(s: &str) -> Result<String, PkiError> {
 }
 
 /// The bytes of a normalised hex serial.
-pub(crate) fn serial_bytes(hex_serial: &str) -> Option<Vec<u8>> {
+/// The bytes of a lowercase hex serial (an even number of digits).
+pub fn serial_bytes(hex_serial: &str) -> Option<Vec<u8>> {
     if !hex_serial.len().is_multiple_of(2) {
         return None;
     }
