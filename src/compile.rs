@@ -69,7 +69,7 @@ pub struct Site {
     pub names: Vec<SiteName>,
     /// Its TLS configuration for TCP, client verifier included.
     pub tls: Arc<rustls::ServerConfig>,
-    /// The same for QUIC: TLS 1.3 only, ALPN h3.
+    /// The same for QUIC: ALPN h3, no 0-RTT (see [`crate::quic::quic_config`]).
     pub quic_tls: Arc<rustls::ServerConfig>,
     /// Its client-auth mode.
     pub mode: Mode,
@@ -368,31 +368,31 @@ impl Compiler<'_> {
             .map(|(_, c)| c.validity().not_after.timestamp())
             .unwrap_or(0);
         let verifier = verifier?;
-        // One rustls config for TCP (TLS 1.2 and 1.3, h2 and http/1.1) and
-        // one for QUIC (TLS 1.3, h3), sharing the certificate and verifier.
-        let build = |versions: &[&'static rustls::SupportedProtocolVersion], alpn: &[&[u8]]| {
-            let b = rustls::ServerConfig::builder_with_provider(tls::provider()).with_protocol_versions(versions)?;
-            let b = match &verifier {
-                Some(v) => b.with_client_cert_verifier(v.clone()),
-                None => b.with_no_client_auth(),
-            };
-            let mut cfg = b.with_single_cert(certs.clone(), key.clone_key())?;
-            cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-            // The server's cipher order (see tls::provider), and one session
-            // ticket rather than two: each costs an encryption and a write.
-            cfg.ignore_client_order = true;
-            cfg.send_tls13_tickets = 1;
-            Ok::<_, rustls::Error>(Arc::new(cfg))
-        };
-        let tcp = build(&[&rustls::version::TLS13, &rustls::version::TLS12], &[b"h2", b"http/1.1"]);
-        let quic = build(&[&rustls::version::TLS13], &[b"h3"]);
-        let (cfg, quic_tls) = match (tcp, quic) {
-            (Ok(t), Ok(q)) => (t, q),
-            (Err(e), _) | (_, Err(e)) => {
+        // The TCP config (TLS 1.2 and 1.3, h2 and http/1.1); QUIC's is
+        // derived from it (same certificate and verifier, h3, see quic_config).
+        let built = rustls::ServerConfig::builder_with_provider(tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .and_then(|b| {
+                let b = match verifier {
+                    Some(v) => b.with_client_cert_verifier(v),
+                    None => b.with_no_client_auth(),
+                };
+                b.with_single_cert(certs, key)
+            });
+        let mut cfg = match built {
+            Ok(c) => c,
+            Err(e) => {
                 self.err(site.span, format!("TLS setup failed: {e}"), None);
                 return None;
             }
         };
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // The server's cipher order (see tls::provider), and one session
+        // ticket rather than two: each costs an encryption and a write.
+        cfg.ignore_client_order = true;
+        cfg.send_tls13_tickets = 1;
+        let quic_tls = crate::quic::quic_config(&cfg);
+        let cfg = Arc::new(cfg);
         let table = RouteTable::new(routes.iter().map(|r: &Route| &r.pattern));
         Some(Site {
             authorities,
