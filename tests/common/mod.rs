@@ -470,94 +470,72 @@ pub fn checksum(data: &[u8]) -> u64 {
         .fold(0xcbf29ce484222325u64, |h, (i, b)| (h ^ (*b as u64 ^ i as u64)).wrapping_mul(0x100000001b3))
 }
 
-/// A plain HTTP/1.1 upstream that reads the request body (Content-Length)
-/// and answers `len=N sum=CHECKSUM`.
+/// A plain HTTP/1.1 upstream on 127.0.0.1 (port 0), one thread per
+/// connection, `Connection: close`: it reads the request head and its
+/// Content-Length body, and answers 200 with `answer(head, body)`.
+fn upstream(answer: fn(&str, &[u8]) -> String) -> SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(20)));
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 65536];
+                let end = loop {
+                    if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break p;
+                    }
+                    match conn.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                let len: usize = head
+                    .to_ascii_lowercase()
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse().ok()))
+                    .unwrap_or(0);
+                let mut body = buf[end + 4..].to_vec();
+                while body.len() < len {
+                    match conn.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => body.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let text = answer(&head, &body);
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+                let _ = conn.write_all(resp.as_bytes());
+            });
+        }
+    });
+    addr
+}
+
+/// An upstream that answers `len=N sum=CHECKSUM` of the request body.
 pub struct SinkUpstream {
     pub addr: SocketAddr,
 }
 
 impl SinkUpstream {
     pub fn start() -> SinkUpstream {
-        use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                std::thread::spawn(move || {
-                    let _ = conn.set_read_timeout(Some(Duration::from_secs(20)));
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 65536];
-                    let end = loop {
-                        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break p;
-                        }
-                        match conn.read(&mut chunk) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    let mut body = buf[end + 4..].to_vec();
-                    while body.len() < len {
-                        match conn.read(&mut chunk) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => body.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let answer = format!("len={} sum={:x}", body.len(), checksum(&body));
-                    let resp = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
-                        answer.len()
-                    );
-                    let _ = conn.write_all(resp.as_bytes());
-                });
-            }
-        });
-        SinkUpstream { addr }
+        SinkUpstream { addr: upstream(|_, body| format!("len={} sum={:x}", body.len(), checksum(body))) }
     }
 }
 
-/// A plain HTTP/1.1 upstream on 127.0.0.1 (port 0) that answers every request
-/// with its request line and headers as the body, `Connection: close`.
+/// An upstream that answers with the request line and headers it received.
 pub struct EchoUpstream {
     pub addr: SocketAddr,
 }
 
 impl EchoUpstream {
     pub fn start() -> EchoUpstream {
-        use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                std::thread::spawn(move || {
-                    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match conn.read(&mut chunk) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                    let resp = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
-                        head.len(),
-                        head
-                    );
-                    let _ = conn.write_all(resp.as_bytes());
-                });
-            }
-        });
-        EchoUpstream { addr }
+        EchoUpstream { addr: upstream(|head, _| head.to_string()) }
     }
 }
