@@ -42,3 +42,4 @@ pub mod quic;
 pub mod server;
 pub mod tls;
 pub mod util;
+pub mod workers;

@@ -12,12 +12,22 @@ fn main() -> ExitCode {
     init_logging();
     match cli.command {
         Command::Run { config, no_watch } => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            // One core (a CPU affinity or cgroup of one): everything on one
+            // thread. More: the main runtime for the control plane and QUIC,
+            // one single-threaded worker per core for TCP connections.
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let (runtime, workers) = if cores == 1 {
+                (tokio::runtime::Builder::new_current_thread().enable_all().build(), 0)
+            } else {
+                (tokio::runtime::Builder::new_multi_thread().enable_all().build(), cores)
+            };
+            let runtime = match runtime {
                 Ok(r) => r,
                 Err(e) => return fail(&format!("cannot start the runtime: {e}")),
             };
             let registry = Arc::new(edge::plugins::registry());
-            match runtime.block_on(edge::server::run(edge::server::RunOptions { config, watch: !no_watch }, registry)) {
+            let opts = edge::server::RunOptions { config, watch: !no_watch, workers };
+            match runtime.block_on(edge::server::run(opts, registry)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(edge::server::RunError::Config(diags)) => {
                     eprint!("{}", edge::config::render(&diags));

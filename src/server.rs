@@ -10,6 +10,7 @@ use crate::http::{self, ConnInfo};
 use crate::metrics::{self, ConnectionGuard, Transport};
 use crate::policy;
 use crate::tls::HandshakeResult;
+use crate::workers::Workers;
 use arc_swap::ArcSwap;
 use edge_plugin_api::Registry;
 use hyper::service::service_fn;
@@ -44,6 +45,9 @@ pub enum RunError {
         /// Why.
         reason: String,
     },
+    /// The worker threads could not start.
+    #[error("cannot start the worker threads: {0}")]
+    Workers(String),
     /// Signal handling could not be set up.
     #[error("cannot set up signal handling: {0}")]
     Signals(String),
@@ -55,6 +59,8 @@ pub(crate) struct Shared {
     conns: Arc<Semaphore>,
     max_conns: std::sync::atomic::AtomicU32,
     shutdown: watch::Receiver<bool>,
+    /// Where accepted TCP connections are served.
+    workers: Workers,
 }
 
 struct RunningListener {
@@ -263,6 +269,9 @@ pub struct RunOptions {
     pub config: PathBuf,
     /// Reload when the Edgefile or a file it names changes.
     pub watch: bool,
+    /// Worker threads serving TCP connections, each a single-threaded
+    /// runtime; 0 serves them on the calling runtime (see [`Workers`]).
+    pub workers: usize,
 }
 
 /// Runs the server until SIGINT or SIGTERM.
@@ -272,6 +281,7 @@ pub async fn run(opts: RunOptions, registry: Arc<Registry>) -> Result<(), RunErr
     let shutdown_timeout = first.global.shutdown_timeout;
     let admin_addr = first.admin;
     let storage = first.model.storage.clone();
+    let workers = Workers::start(opts.workers).map_err(|e| RunError::Workers(e.to_string()))?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (watched_tx, watched_rx) = watch::channel(Vec::new());
     let server = Arc::new(Server {
@@ -282,6 +292,7 @@ pub async fn run(opts: RunOptions, registry: Arc<Registry>) -> Result<(), RunErr
             conns: Arc::new(Semaphore::new(0)),
             max_conns: std::sync::atomic::AtomicU32::new(0),
             shutdown: stop_rx,
+            workers,
         }),
         listeners: tokio::sync::Mutex::new(BTreeMap::new()),
         generation: AtomicU64::new(0),
@@ -307,7 +318,13 @@ pub async fn run(opts: RunOptions, registry: Arc<Registry>) -> Result<(), RunErr
     tokio::spawn(crate::authority::keep_fresh());
     tokio::spawn(renew_server_certs(server.clone()));
     let snap = server.current();
-    info!(config = %path.display(), sites = snap.sites.len(), generation = server.generation(), "edge is ready");
+    info!(
+        config = %path.display(),
+        sites = snap.sites.len(),
+        generation = server.generation(),
+        workers = server.shared.workers.len(),
+        "edge is ready"
+    );
     drop(snap);
 
     wait_for_stop(&server).await?;
@@ -539,10 +556,10 @@ async fn accept_loop(
             debug!(%remote, "connection limit reached; closing");
             continue;
         };
-        let shared = shared.clone();
         let alt_svc = Option::clone(&alt_svc.load());
-        tokio::spawn(async move {
-            serve_tcp(stream, remote, key, &shared, alt_svc).await;
+        let serving = shared.clone();
+        shared.workers.serve(stream, move |stream| async move {
+            serve_tcp(stream, remote, key, &serving, alt_svc).await;
             drop(permit);
         });
     }

@@ -198,3 +198,42 @@ fn several_mib_stream_both_ways_over_http3() {
         assert_eq!(out.text(), format!("len={} sum={:x}", big.len(), checksum(&big)), "{name}");
     }
 }
+
+/// On one core edge runs everything on one thread; on more, TCP connections
+/// go to one worker thread per core. Both serve h1, h2 and h3 with the policy.
+#[test]
+fn one_core_and_many_cores_serve_every_protocol() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for one_core in [true, false] {
+        let dir = tempdir();
+        let pki = Pki::new(dir.path(), &["require.localhost"]);
+        let edgefile = r#"site "require.localhost" {
+    listen "127.0.0.1:0"
+    tls cert="server.crt" key="server.key"
+    client-auth require { trust file="ca.pem"; }
+    respond "cn={client.cn} {proto}"
+}
+"#;
+        let edge =
+            if one_core { Edge::start_on_one_core(dir.path(), edgefile) } else { Edge::start(dir.path(), edgefile) };
+        let workers = if one_core || cores == 1 { 0 } else { cores };
+        let ready = edge.log().lines().find(|l| l.contains("edge is ready")).unwrap_or_default().to_string();
+        assert!(ready.split_whitespace().any(|w| w == format!("workers={workers}")), "{ready}");
+        let port = edge.port();
+        let ca = pki.path("ca.pem");
+        let (crt, key) = (pki.path("alice.crt"), pki.path("alice.key"));
+        for (flag, proto) in [("--http1.1", "HTTP/1.1"), ("--http2", "HTTP/2")] {
+            // Several connections, so that each worker serves some.
+            for _ in 0..3 {
+                let out = curl("require.localhost", port, "/", &ca, &[flag, "--cert", &crt, "--key", &key]);
+                assert_eq!((out.status, out.body.as_str()), (200, format!("cn=alice {proto}").as_str()), "{out:?}");
+            }
+            let out = curl("require.localhost", port, "/", &ca, &[flag]);
+            assert!(out.refused(), "no certificate over {proto}: {out:?}");
+        }
+        let req = H3Req { host: "require.localhost", port, ca: &ca, cert: Some((&crt, &key)), ..Default::default() };
+        let out = rust_h3(&req);
+        assert_eq!((out.status, out.text()), (Some(200), "cn=alice HTTP/3".into()), "{out:?}");
+        assert!(rust_h3(&H3Req { cert: None, ..req }).refused());
+    }
+}

@@ -222,9 +222,22 @@ impl Edge {
         Self::start_opts(&config, true)
     }
 
+    /// Starts edge allowed on one CPU only (`taskset -c 0`), as on a
+    /// one-core machine.
+    pub fn start_on_one_core(dir: &Path, edgefile: &str) -> Edge {
+        let config = write(dir, "Edgefile", edgefile);
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", "0", edge_bin()]);
+        Self::start_cmd(cmd, &config, false)
+    }
+
     fn start_opts(config: &Path, watch: bool) -> Edge {
+        Self::start_cmd(Command::new(edge_bin()), config, watch)
+    }
+
+    fn start_cmd(mut cmd: Command, config: &Path, watch: bool) -> Edge {
         let args: &[&str] = if watch { &["run", "--config"] } else { &["run", "--no-watch", "--config"] };
-        let mut child = Command::new(edge_bin())
+        let mut child = cmd
             .args(args)
             .arg(config)
             .env("EDGE_LOG", "debug")
