@@ -17,6 +17,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -639,7 +640,8 @@ async fn serve_tcp(
         return;
     }
     let limits = snap.sites[site].limits.clone();
-    let _open = ConnectionGuard::open(if conn.alpn_protocol() == Some(b"h2") { 1 } else { 0 });
+    let h2 = conn.alpn_protocol() == Some(b"h2");
+    let _open = ConnectionGuard::open(if h2 { 1 } else { 0 });
     let info = Arc::new(ConnInfo {
         snap: snap.clone(),
         listener: key,
@@ -655,38 +657,90 @@ async fn serve_tcp(
 
     let activity = Arc::new(AtomicU64::new(0));
     let io = TokioIo::new(Activity { inner: tls, shared: activity.clone(), count: 0 });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .max_buf_size(limits.max_header_size.clamp(8192, 16 << 20) as usize)
-        .max_headers(limits.max_headers)
-        .header_read_timeout(limits.idle_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_size.min(u32::MAX as u64) as u32)
-        .max_concurrent_streams(250);
     let svc = service_fn(move |req| {
         let info = info.clone();
         async move { Ok::<_, Infallible>(http::handle(req, &info).await) }
     });
-    let conn = builder.serve_connection(io, svc);
+    let stop = shared.shutdown.clone();
+    // The protocol is the one ALPN settled (HTTP/2 over TLS needs ALPN, RFC
+    // 9113 3.2): no sniffing of the first bytes.
+    if h2 {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_header_list_size(limits.max_header_size.min(u32::MAX as u64) as u32)
+            .max_concurrent_streams(250)
+            .serve_connection(io, svc);
+        drive(conn, remote, stop, &activity, limits.idle_timeout).await;
+    } else {
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .max_buf_size(limits.max_header_size.clamp(8192, 16 << 20) as usize)
+            .max_headers(limits.max_headers)
+            .header_read_timeout(limits.idle_timeout)
+            .serve_connection(io, svc);
+        drive(conn, remote, stop, &activity, limits.idle_timeout).await;
+    }
+}
+
+/// A hyper server connection of either protocol.
+trait ServerConn: Future<Output = Result<(), hyper::Error>> {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> ServerConn for hyper::server::conn::http1::Connection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper::server::conn::http1::Connection::graceful_shutdown(self)
+    }
+}
+
+impl<I, S, B, E> ServerConn for hyper::server::conn::http2::Connection<I, S, E>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper::server::conn::http2::Connection::graceful_shutdown(self)
+    }
+}
+
+/// Runs a connection to its end: closed gracefully on shutdown, or after the
+/// idle timeout without a byte moved.
+async fn drive<C: ServerConn>(
+    conn: C,
+    remote: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+    activity: &AtomicU64,
+    idle_timeout: Duration,
+) {
     tokio::pin!(conn);
-    let mut stop = shared.shutdown.clone();
     // Idle: no byte read or written for four ticks of a quarter of the
     // idle timeout (so closed between 1 and 1.25 times it). No clock is read
     // on the I/O path.
     const QUIET_TICKS: u32 = 4;
-    let period = (limits.idle_timeout / QUIET_TICKS).max(Duration::from_millis(10));
+    let period = (idle_timeout / QUIET_TICKS).max(Duration::from_millis(10));
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let (mut seen, mut quiet) = (0u64, 0u32);
     let mut closing = false;
     loop {
         tokio::select! {
             r = conn.as_mut() => {
-                if let Err(e) = r {
-                    debug!(%remote, error = %e, "connection ended with an error");
+                match r {
+                    // HTTP/1.1's header read timeout, which is the idle
+                    // timeout: no complete request in that time.
+                    Err(e) if e.is_timeout() => debug!(%remote, "idle timeout (no complete request head)"),
+                    Err(e) => debug!(%remote, error = %e, "connection ended with an error"),
+                    Ok(()) => {}
                 }
                 return;
             }
