@@ -128,8 +128,11 @@ fn admit<'c>(
         .into_iter()
         .chain(headers.get_all(header::HOST).iter().map(|v| v.to_str().unwrap_or("\u{0}")));
     for a in authorities {
-        let h = host_of(a).to_ascii_lowercase();
-        if listener.index.lookup(&h) != Some(conn.site) {
+        let h = host_of(a);
+        // The name the handshake chose this site by needs no second lookup.
+        let same_as_sni = conn.sni.as_deref().is_some_and(|sni| sni == h || sni.eq_ignore_ascii_case(h));
+        let h = if h.bytes().any(|b| b.is_ascii_uppercase()) { h.to_ascii_lowercase() } else { h.to_string() };
+        if !same_as_sni && listener.index.lookup(&h) != Some(conn.site) {
             return refuse(
                 StatusCode::MISDIRECTED_REQUEST,
                 &format!("misdirected request: {h} is not served on this connection"),
