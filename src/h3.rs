@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tracing::debug;
 
 /// Serves HTTP/3 on an established connection until it closes (or, on
@@ -128,33 +128,12 @@ pub(crate) async fn serve_connection(
 type Stream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 
 async fn serve_request(req: http::Request<()>, stream: Stream, info: &ConnInfo) {
-    let (mut send, mut recv) = stream.split();
-    // The request body flows through a small channel: backpressure, and a
-    // body type that is Send + Sync like the TCP one.
-    let (tx, rx) = mpsc::channel::<Result<Bytes, BoxError>>(4);
-    let reader = tokio::spawn(async move {
-        loop {
-            match recv.recv_data().await {
-                Ok(Some(mut buf)) => {
-                    let bytes = buf.copy_to_bytes(buf.remaining());
-                    if tx.send(Ok(bytes)).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => return,
-                Err(e) => {
-                    let _ = tx.send(Err(Box::new(e))).await;
-                    return;
-                }
-            }
-        }
-    });
-    let req = req.map(|()| ChannelBody { rx });
+    let (mut send, recv) = stream.split();
+    let req = req.map(|()| StreamBody::new(recv));
     let resp = edge_http::handle(req, info).await;
     let (parts, mut body) = resp.into_parts();
     if let Err(e) = send.send_response(http::Response::from_parts(parts, ())).await {
         debug!(error = %e, "h3 response headers not sent");
-        reader.abort();
         return;
     }
     while let Some(frame) = body.frame().await {
@@ -169,31 +148,73 @@ async fn serve_request(req: http::Request<()>, stream: Stream, info: &ConnInfo) 
             Err(e) => {
                 debug!(error = %e, "response body failed; resetting the stream");
                 send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
-                reader.abort();
                 return;
             }
         };
         if let Err(e) = sent {
             debug!(error = %e, "h3 response body not sent");
-            reader.abort();
             return;
         }
     }
     let _ = send.finish().await;
-    reader.abort();
 }
 
-/// A request body fed by the task that reads the QUIC stream.
-struct ChannelBody {
-    rx: mpsc::Receiver<Result<Bytes, BoxError>>,
+type RecvHalf = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
+
+/// A request body read straight from the QUIC stream. The mutex only makes
+/// it `Sync` like the TCP body; `poll_frame` has `&mut` and never locks.
+struct StreamBody {
+    recv: std::sync::Mutex<RecvHalf>,
+    /// What was read when the body was made, not yet handed out.
+    first: Option<Result<Bytes, BoxError>>,
+    ended: bool,
 }
 
-impl HttpBody for ChannelBody {
+impl StreamBody {
+    /// Looks once, without waiting, whether the request already ended (a GET
+    /// sends its HEADERS with FIN): then the body is known empty and nothing
+    /// has to drain it.
+    fn new(mut recv: RecvHalf) -> Self {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let (first, ended) = match recv.poll_recv_data(&mut cx) {
+            Poll::Ready(Ok(Some(mut buf))) => (Some(Ok(buf.copy_to_bytes(buf.remaining()))), false),
+            Poll::Ready(Ok(None)) => (None, true),
+            Poll::Ready(Err(e)) => (Some(Err(Box::new(e) as BoxError)), true),
+            Poll::Pending => (None, false),
+        };
+        StreamBody { recv: std::sync::Mutex::new(recv), first, ended }
+    }
+}
+
+impl HttpBody for StreamBody {
     type Data = Bytes;
     type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
+        let this = &mut *self;
+        if let Some(first) = this.first.take() {
+            return Poll::Ready(Some(first.map(Frame::data)));
+        }
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        let recv = this.recv.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match recv.poll_recv_data(cx) {
+            Poll::Ready(Ok(Some(mut buf))) => Poll::Ready(Some(Ok(Frame::data(buf.copy_to_bytes(buf.remaining()))))),
+            Poll::Ready(Ok(None)) => {
+                this.ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Err(e)) => {
+                this.ended = true;
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended && self.first.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
