@@ -670,7 +670,8 @@ async fn serve_tcp(
             .max_header_list_size(limits.max_header_size.min(u32::MAX as u64) as u32)
             .max_concurrent_streams(250)
             .serve_connection(io, svc);
-        drive(conn, remote, stop, &activity, limits.idle_timeout).await;
+        let shutdown = hyper::server::conn::http2::Connection::graceful_shutdown;
+        drive(conn, shutdown, remote, stop, &activity, limits.idle_timeout).await;
     } else {
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -682,46 +683,16 @@ async fn serve_tcp(
             // instructions per request, measured with callgrind).
             .writev(false)
             .serve_connection(io, svc);
-        drive(conn, remote, stop, &activity, limits.idle_timeout).await;
-    }
-}
-
-/// A hyper server connection of either protocol.
-trait ServerConn: Future<Output = Result<(), hyper::Error>> {
-    fn graceful_shutdown(self: Pin<&mut Self>);
-}
-
-impl<I, S, B> ServerConn for hyper::server::conn::http1::Connection<I, S>
-where
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin,
-    B: hyper::body::Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    fn graceful_shutdown(self: Pin<&mut Self>) {
-        hyper::server::conn::http1::Connection::graceful_shutdown(self)
-    }
-}
-
-impl<I, S, B, E> ServerConn for hyper::server::conn::http2::Connection<I, S, E>
-where
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin,
-    B: hyper::body::Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
-{
-    fn graceful_shutdown(self: Pin<&mut Self>) {
-        hyper::server::conn::http2::Connection::graceful_shutdown(self)
+        let shutdown = hyper::server::conn::http1::Connection::graceful_shutdown;
+        drive(conn, shutdown, remote, stop, &activity, limits.idle_timeout).await;
     }
 }
 
 /// Runs a connection to its end: closed gracefully on shutdown, or after the
 /// idle timeout without a byte moved.
-async fn drive<C: ServerConn>(
+async fn drive<C: Future<Output = Result<(), hyper::Error>>>(
     conn: C,
+    graceful_shutdown: fn(Pin<&mut C>),
     remote: SocketAddr,
     mut stop: watch::Receiver<bool>,
     activity: &AtomicU64,
@@ -750,7 +721,7 @@ async fn drive<C: ServerConn>(
             }
             _ = stop.changed(), if !closing => {
                 closing = true;
-                conn.as_mut().graceful_shutdown();
+                graceful_shutdown(conn.as_mut());
             }
             _ = tick.tick(), if !closing => {
                 let now = activity.load(Ordering::Relaxed);
@@ -762,7 +733,7 @@ async fn drive<C: ServerConn>(
                 if quiet >= QUIET_TICKS {
                     debug!(%remote, "idle timeout");
                     closing = true;
-                    conn.as_mut().graceful_shutdown();
+                    graceful_shutdown(conn.as_mut());
                 }
             }
         }
