@@ -3,7 +3,7 @@
 //! a revocation reaches the running server's handshakes within 2 seconds.
 
 use crate::authority;
-use crate::cli::CaCommand;
+use crate::cli::{CaCommand, NewIdentity, OneCa};
 use crate::config::{self, CaModel, Model, Source};
 use crate::pki::{self, Ca, Identity, Reason};
 use std::path::{Path, PathBuf};
@@ -68,7 +68,14 @@ pub fn run(cmd: CaCommand) -> Result<(), CaCliError> {
             }
             Ok(())
         }
-        CaCommand::Issue { config, ca, cn, ou, san_dns, san_uri, lifetime, out } => {
+        CaCommand::Issue {
+            ca: OneCa { config, ca },
+            identity: NewIdentity { cn, ou },
+            san_dns,
+            san_uri,
+            lifetime,
+            out,
+        } => {
             let (model, decl) = declared(&config, Some(&ca))?;
             let decl = decl.ok_or_else(|| err("no such CA"))?;
             let lifetime = duration(lifetime.as_deref(), decl.cert_lifetime, "lifetime")?;
@@ -95,7 +102,7 @@ pub fn run(cmd: CaCommand) -> Result<(), CaCliError> {
             );
             Ok(())
         }
-        CaCommand::Token { config, ca, cn, ou, ttl } => {
+        CaCommand::Token { ca: OneCa { config, ca }, identity: NewIdentity { cn, ou }, ttl } => {
             let (model, decl) = declared(&config, Some(&ca))?;
             let decl = decl.ok_or_else(|| err("no such CA"))?;
             let ttl = duration(ttl.as_deref(), decl.token_lifetime, "ttl")?;
@@ -114,7 +121,7 @@ pub fn run(cmd: CaCommand) -> Result<(), CaCliError> {
             );
             Ok(())
         }
-        CaCommand::Revoke { config, ca, serial, cn, reason } => {
+        CaCommand::Revoke { ca: OneCa { config, ca }, serial, cn, reason } => {
             let (model, _) = declared(&config, Some(&ca))?;
             let reason: Reason = reason.parse().map_err(err)?;
             let (_, ledger) = open(&model.storage, &ca)?;
@@ -135,7 +142,7 @@ pub fn run(cmd: CaCommand) -> Result<(), CaCliError> {
             }
             Ok(())
         }
-        CaCommand::Root { config, ca } => {
+        CaCommand::Root { ca: OneCa { config, ca } } => {
             let (model, _) = declared(&config, Some(&ca))?;
             let (authority, _) = open(&model.storage, &ca)?;
             print!("{}", authority.cert_pem());

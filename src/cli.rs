@@ -69,18 +69,10 @@ pub enum CaCommand {
     },
     /// Issue a client certificate and its key into a folder.
     Issue {
-        /// The Edgefile that declares the CA.
-        #[arg(long, short = 'c', default_value = "Edgefile")]
-        config: PathBuf,
-        /// The CA.
-        #[arg(long)]
-        ca: String,
-        /// The identity's common name.
-        #[arg(long)]
-        cn: String,
-        /// Organisational units (repeat for several).
-        #[arg(long)]
-        ou: Vec<String>,
+        #[command(flatten)]
+        ca: OneCa,
+        #[command(flatten)]
+        identity: NewIdentity,
         /// DNS subject alternative names.
         #[arg(long)]
         san_dns: Vec<String>,
@@ -96,30 +88,18 @@ pub enum CaCommand {
     },
     /// Print a one-time enrollment token for an identity.
     Token {
-        /// The Edgefile that declares the CA.
-        #[arg(long, short = 'c', default_value = "Edgefile")]
-        config: PathBuf,
-        /// The CA.
-        #[arg(long)]
-        ca: String,
-        /// The identity's common name.
-        #[arg(long)]
-        cn: String,
-        /// Organisational units (repeat for several).
-        #[arg(long)]
-        ou: Vec<String>,
+        #[command(flatten)]
+        ca: OneCa,
+        #[command(flatten)]
+        identity: NewIdentity,
         /// How long the token is valid; the CA's token-lifetime by default.
         #[arg(long)]
         ttl: Option<String>,
     },
     /// Revoke a certificate by serial, or every certificate of an identity.
     Revoke {
-        /// The Edgefile that declares the CA.
-        #[arg(long, short = 'c', default_value = "Edgefile")]
-        config: PathBuf,
-        /// The CA.
-        #[arg(long)]
-        ca: String,
+        #[command(flatten)]
+        ca: OneCa,
         /// The serial, as `edge ca list` prints it.
         #[arg(long, conflicts_with = "cn", required_unless_present = "cn")]
         serial: Option<String>,
@@ -133,13 +113,31 @@ pub enum CaCommand {
     },
     /// Print the CA certificate (PEM).
     Root {
-        /// The Edgefile that declares the CA.
-        #[arg(long, short = 'c', default_value = "Edgefile")]
-        config: PathBuf,
-        /// The CA.
-        #[arg(long)]
-        ca: String,
+        #[command(flatten)]
+        ca: OneCa,
     },
+}
+
+/// The Edgefile and the one CA a `ca` command acts on.
+#[derive(Debug, clap::Args)]
+pub struct OneCa {
+    /// The Edgefile that declares the CA.
+    #[arg(long, short = 'c', default_value = "Edgefile")]
+    pub config: PathBuf,
+    /// The CA.
+    #[arg(long)]
+    pub ca: String,
+}
+
+/// The identity a certificate or a token is for.
+#[derive(Debug, clap::Args)]
+pub struct NewIdentity {
+    /// The identity's common name.
+    #[arg(long)]
+    pub cn: String,
+    /// Organisational units (repeat for several).
+    #[arg(long)]
+    pub ou: Vec<String>,
 }
 
 /// `edge agent`
