@@ -115,11 +115,8 @@ fn admit<'c>(
     }
 
     // The site is the connection's; a Host or :authority naming another one
-    // is misdirected. Both are checked when both are present.
-    let listener = match conn.snap.listener(&conn.listener) {
-        Some(l) => l,
-        None => return refuse(StatusCode::MISDIRECTED_REQUEST, "misdirected request"),
-    };
+    // is misdirected. Both are checked when both are present. The name the
+    // handshake chose the site by needs no lookup.
     let mut host: Option<String> = None;
     let authorities = req
         .uri
@@ -129,16 +126,17 @@ fn admit<'c>(
         .chain(headers.get_all(header::HOST).iter().map(|v| v.to_str().unwrap_or("\u{0}")));
     for a in authorities {
         let h = host_of(a);
-        // The name the handshake chose this site by needs no second lookup.
-        let same_as_sni = conn.sni.as_deref().is_some_and(|sni| sni == h || sni.eq_ignore_ascii_case(h));
-        let h = if h.bytes().any(|b| b.is_ascii_uppercase()) { h.to_ascii_lowercase() } else { h.to_string() };
-        if !same_as_sni && listener.index.lookup(&h) != Some(conn.site) {
+        let ours = conn.sni.as_deref().is_some_and(|sni| sni.eq_ignore_ascii_case(h))
+            || conn.snap.listener(&conn.listener).and_then(|l| l.index.lookup(h)) == Some(conn.site);
+        if !ours {
             return refuse(
                 StatusCode::MISDIRECTED_REQUEST,
-                &format!("misdirected request: {h} is not served on this connection"),
+                &format!("misdirected request: {} is not served on this connection", h.to_ascii_lowercase()),
             );
         }
-        host.get_or_insert(h);
+        if host.is_none() {
+            host = Some(h.to_ascii_lowercase());
+        }
     }
     let host = match host {
         Some(h) => h,
